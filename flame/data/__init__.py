@@ -1,0 +1,1 @@
+"""Data: manifests, img2dataset ingestion, webdataset shard reading."""
