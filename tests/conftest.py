@@ -13,4 +13,5 @@ pytest_plugins = [
     "tests.fixtures.train",
     "tests.fixtures.evaluation",
     "tests.fixtures.orchestration",
+    "tests.fixtures.tracking",
 ]
