@@ -142,14 +142,19 @@ class EvalConfig(_Section):
 
 
 class TrackingConfig(_Section):
+    # A relative sqlite/file URI is taken relative to the working directory, as MLflow does.
     tracking_uri: str = "sqlite:///mlflow.db"
+    # None: "flame-<profile>".
     experiment: str | None = None
     log_model: bool = True
+    # Seconds to wait for a tracking server's /health before training is refused.
+    connect_timeout: float = Field(5.0, gt=0)
 
 
 class RegistryConfig(_Section):
     model_name: str = "flame"
-    gate_metric: str = "mean_recall@5"
+    # A key of the evaluation summary ({benchmark}/{metric}), logged as a run metric.
+    gate_metric: str = "sample-dev-retrieval/mean_recall@5"
     margin: float = 0.0
     higher_is_better: bool = True
 
