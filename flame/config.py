@@ -163,8 +163,18 @@ class OrchestrationConfig(_Section):
     retrain_cron: str = "0 3 * * 0"
     incoming_dir: str = "data/incoming"
     storage_root: str = "data"
+    # Prefix of the training subprocess, e.g. [torchrun, --nnodes=2, --nproc_per_node=8, ...];
+    # empty: the current Python interpreter.
     train_launcher: list[str] = Field(default_factory=list)
     dvc_remote: str = "../.dvc-remote"
+    # Manifests always in the data set (relative paths: to the repo root); new ones land in incoming_dir.
+    manifests: list[str] = Field(default_factory=lambda: ["data/sample/train.jsonl"])
+    # Dagster executor: "in_process", "multiprocess", or "module:attribute" of an installed
+    # executor (e.g. "dagster_k8s:k8s_job_executor", "dagster_celery:celery_executor").
+    executor: str = "in_process"
+    executor_config: dict[str, Any] = Field(default_factory=dict)
+    # Op tags of the training step only (e.g. {"dagster-k8s/config": {...GPU requests...}}).
+    train_op_tags: dict[str, Any] = Field(default_factory=dict)
 
 
 class FlameConfig(_Section):
