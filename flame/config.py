@@ -107,6 +107,8 @@ class DataConfig(_Section):
     min_success_rate: float = Field(0.9, ge=0, le=1)
     url_col: str = "url"
     caption_col: str = "caption"
+    # Decoded images with more pixels (width * height) are refused; null: no limit.
+    max_image_area: int | None = Field(89_478_485, ge=1)
 
 
 class TrainConfig(_Section):
