@@ -103,12 +103,13 @@ class DataConfig(_Section):
     threads: int = Field(8, ge=1)
     timeout: float = Field(10.0, gt=0)
     retries: int = Field(0, ge=0)
+    # Downloads larger than this many bytes are refused (counted as too_large).
     max_image_bytes: int = Field(20_000_000, ge=1)
+    # Decoded images with more pixels (width * height) are refused; null: no limit.
+    max_image_area: int | None = Field(89_478_485, ge=1)
     min_success_rate: float = Field(0.9, ge=0, le=1)
     url_col: str = "url"
     caption_col: str = "caption"
-    # Decoded images with more pixels (width * height) are refused; null: no limit.
-    max_image_area: int | None = Field(89_478_485, ge=1)
 
 
 class TrainConfig(_Section):
