@@ -141,7 +141,13 @@ class EvalConfig(_Section):
     benchmarks: list[str] = Field(default_factory=lambda: ["sample-dev-retrieval"])
     batch_size: int = Field(64, ge=1)
     templates: Literal["openai", "short"] = "short"
-    gate_metric: str = "retrieval/image_retrieval_recall@5"
+    # Linear probe: the first N images of each class (manifest order) train, the rest test.
+    linear_probe_train_per_class: int = Field(3, ge=1)
+    linear_probe_c: float = Field(1.0, gt=0)
+    # iiw-long-text: description pairs read from each source file (the LLM encodes 2 texts x 2 prompt sets per pair).
+    text_pairs_per_file: int = Field(100, ge=1)
+    plots: bool = True
+    example_queries: int = Field(4, ge=1)
 
 
 class TrackingConfig(_Section):

@@ -1,0 +1,173 @@
+"""Run benchmarks (by name) or a user's manifest on a model; write CLIP_benchmark-style JSON.
+
+One result is ``{"dataset", "model", "pretrained", "task", "metrics", "details", "plots"}``;
+several are ``{"results": [...], "summary": {...}, "skipped": [...]}`` where ``summary``
+flattens every metric to ``{benchmark}/{metric}`` (the registry gate reads one of them).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable
+
+from evaluations import datasets as ds
+from evaluations.images import check_images
+from evaluations.plots import metric_bars, retrieval_grid
+from evaluations.registry import BENCHMARKS, get_benchmark
+from evaluations.tasks import TASK_JSON_NAMES, TaskOutput
+from evaluations.tasks.linear_probe import evaluate_linear_probe
+from evaluations.tasks.multilingual_retrieval import evaluate_multilingual
+from evaluations.tasks.retrieval import evaluate_retrieval
+from evaluations.tasks.text_pair_retrieval import evaluate_text_pairs
+from evaluations.tasks.zeroshot_classification import evaluate_zeroshot
+from evaluations.templates import get_templates
+from flame.config import EvalConfig
+from flame.errors import FlameError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_TASKS = ("zeroshot_classification", "retrieval", "long_retrieval", "multilingual_retrieval", "linear_probe")
+IMAGE_TASKS = set(MANIFEST_TASKS)
+
+
+def describe_model(model) -> str:
+    image = getattr(getattr(model, "image_config", None), "model", None)
+    text = getattr(model, "text_encoder_name", None)
+    return f"flame[{image}|{text}]" if image else type(model).__name__
+
+
+def run_task(model, task: str, data, config: EvalConfig) -> TaskOutput:
+    bs = config.batch_size
+    if task == "retrieval":
+        return evaluate_retrieval(model, data, "raw", bs, config.example_queries)
+    if task == "long_retrieval":
+        return evaluate_retrieval(model, data, "long", bs, config.example_queries)
+    if task == "multilingual_retrieval":
+        return evaluate_multilingual(model, data, bs)
+    if task == "zeroshot_classification":
+        return evaluate_zeroshot(model, data, get_templates(config.templates), bs)
+    if task == "linear_probe":
+        return evaluate_linear_probe(model, data, config.linear_probe_train_per_class, config.linear_probe_c, bs)
+    if task == "text_pair_retrieval":
+        return evaluate_text_pairs(model, data, bs)
+    raise FlameError(f"unknown task {task!r}; available: {', '.join(TASK_JSON_NAMES)}")
+
+
+def evaluate_dataset(
+    model,
+    task: str,
+    data,
+    name: str,
+    config: EvalConfig | None = None,
+    out_dir: str | Path | None = None,
+    skip_missing: bool = False,
+    limit: int | None = None,
+    pretrained: str = "",
+    plot_prefix: str = "",
+) -> dict:
+    """Check images, score ``data`` with ``task``, draw plots into ``out_dir``; one result dict."""
+    config = config or EvalConfig()
+    details: dict = {}
+    if task in IMAGE_TASKS:
+        if limit:
+            data = data.subset(list(range(min(limit, len(data.images)))))
+        check = check_images(data.images, skip_missing=skip_missing, what=name)
+        if check.failed:
+            log.warning("%s: skipping %d unreadable images", name, len(check.failed))
+            data = data.subset(check.ok)
+        details["skipped_images"] = len(check.failed)
+        details["skipped_image_examples"] = [f"{ref}: {why}" for ref, why in check.failed[:20]]
+    elif limit:
+        data = [ds.TextPairSet(p.name, p.queries[:limit], p.targets[:limit]) for p in data]
+    output = run_task(model, task, data, config)
+    result = {
+        "dataset": name,
+        "model": describe_model(model),
+        "pretrained": pretrained,
+        "task": TASK_JSON_NAMES[task],
+        "metrics": output.metrics,
+        "details": {**output.details, **details},
+        "plots": [],
+    }
+    if out_dir is not None and config.plots:
+        result["plots"] = _plots(output, name, Path(out_dir), plot_prefix)
+    return result
+
+
+def _plots(output: TaskOutput, name: str, out_dir: Path, prefix: str) -> list[str]:
+    made = []
+    bars = metric_bars(output.metrics, out_dir / f"{prefix}{name}_metrics.png", f"{name} (red: chance)")
+    if bars:
+        made.append(bars.name)
+    if output.examples is not None:
+        made.append(retrieval_grid(output.examples, out_dir / f"{prefix}{name}_examples.png", f"{name}: top-5 images per caption").name)
+    return made
+
+
+def evaluate_benchmark(model, name: str, out_dir: str | Path | None = None, config: EvalConfig | None = None, **kwargs) -> dict:
+    """One registered benchmark; its data must exist (else a ``FlameError`` saying where it looked)."""
+    config = config or EvalConfig()
+    bench = get_benchmark(name)
+    path = bench.path()
+    if not path.exists():
+        raise FlameError(f"benchmark {name!r}: data not found at {path} (set FLAME_SHARED_DATA to the folder holding it)")
+    data = bench.load(path, config)
+    return evaluate_dataset(model, bench.task, data, name, config, out_dir, **kwargs)
+
+
+def expand_names(names: Iterable[str]) -> tuple[list[str], list[dict]]:
+    """Benchmark names to run, and the ones ``all`` skips for lack of data (with the reason)."""
+    names = [n for name in names for n in name.split(",") if n]
+    if not names:
+        raise FlameError(f"no benchmark given; available: {', '.join(BENCHMARKS)} (or 'all')")
+    if "all" in names:
+        run = [b.name for b in BENCHMARKS.values() if b.available()]
+        skipped = [{"benchmark": b.name, "reason": f"data not found at {b.path()}"} for b in BENCHMARKS.values() if not b.available()]
+        return run, skipped
+    for name in names:
+        get_benchmark(name)
+    return list(dict.fromkeys(names)), []
+
+
+def evaluate_benchmarks(model, names: Iterable[str], out_dir: str | Path | None = None, config: EvalConfig | None = None, **kwargs) -> dict:
+    """Several benchmarks (``all`` = every one whose data exists): results, flat summary, skipped."""
+    run, skipped = expand_names(names)
+    for s in skipped:
+        log.warning("skipping benchmark %s: %s", s["benchmark"], s["reason"])
+    results = [evaluate_benchmark(model, name, out_dir, config, **kwargs) for name in run]
+    return {"results": results, "summary": summarize(results), "skipped": skipped}
+
+
+def summarize(results: list[dict]) -> dict[str, float]:
+    return {f"{r['dataset']}/{k}": v for r in results for k, v in r["metrics"].items()}
+
+
+def evaluate_manifest(
+    model,
+    manifest: str | Path,
+    task: str,
+    out_dir: str | Path | None = None,
+    config: EvalConfig | None = None,
+    caption_field: str | None = None,
+    label_field: str | None = None,
+    languages: list[str] | None = None,
+    **kwargs,
+) -> dict:
+    """A user's JSONL manifest scored with one task (see ``MANIFEST_TASKS``)."""
+    if task not in MANIFEST_TASKS:
+        raise FlameError(f"unknown task {task!r} for a manifest; available: {', '.join(MANIFEST_TASKS)}")
+    name = Path(manifest).stem
+    captions = (caption_field,) if caption_field else ds.DEFAULT_CAPTION_FIELDS
+    if task in ("retrieval", "long_retrieval"):
+        data = ds.load_retrieval(manifest, name, caption_fields=captions)
+    elif task == "multilingual_retrieval":
+        data = ds.load_multilingual(manifest, name, languages=languages)
+    else:
+        data = ds.load_classification(manifest, name, label_field=label_field or ds.DEFAULT_LABEL_FIELD)
+    return evaluate_dataset(model, task, data, name, config, out_dir, **kwargs)
+
+
+def with_summary(result: dict) -> dict:
+    """A single result with its flat summary added, so every result file has ``summary``."""
+    return {**result, "summary": summarize([result])}

@@ -1,0 +1,45 @@
+"""Linear probe: logistic regression on frozen, normalised image features.
+
+The split is fixed by manifest order: the first ``train_per_class`` images of each class
+train, the rest test, so every run scores the same images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from evaluations.datasets import ClassificationSet
+from evaluations.embedding import embed_images
+from evaluations.metrics import classification_metrics
+from evaluations.tasks import TaskOutput
+from flame.errors import FlameError
+
+
+def fixed_split(labels: list[int], train_per_class: int) -> tuple[list[int], list[int]]:
+    seen: dict[int, int] = {}
+    train, test = [], []
+    for i, label in enumerate(labels):
+        seen[label] = seen.get(label, 0) + 1
+        (train if seen[label] <= train_per_class else test).append(i)
+    return train, test
+
+
+def evaluate_linear_probe(model, data: ClassificationSet, train_per_class: int = 3, c: float = 1.0, batch_size: int = 64, seed: int = 0) -> TaskOutput:
+    train, test = fixed_split(data.labels, train_per_class)
+    if not test:
+        raise FlameError(f"{data.name}: no test images left with {train_per_class} training images per class")
+    if len({data.labels[i] for i in train}) < 2:
+        raise FlameError(f"{data.name}: the linear probe needs at least 2 classes")
+    features = embed_images(model, data.images, batch_size, desc=f"{data.name}: images").numpy()
+    labels = np.asarray(data.labels)
+    clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+    clf.fit(features[train], labels[train])
+    # predict_proba's columns follow clf.classes_; a class absent from training scores 0.
+    scores = np.zeros((len(test), len(data.classnames)))
+    scores[:, clf.classes_] = clf.predict_proba(features[test])
+    metrics = classification_metrics(torch.from_numpy(scores), labels[test], prefix="lp_")
+    details = {"n_train": len(train), "n_test": len(test), "n_classes": len(data.classnames), "C": c}
+    return TaskOutput(metrics, details)
+

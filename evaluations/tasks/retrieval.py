@@ -1,0 +1,49 @@
+"""Image-text retrieval: R@1/5/10 both ways, several texts per image allowed.
+
+``long_retrieval`` is the same with the texts embedded by all long facets, averaged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from evaluations.datasets import RetrievalSet
+from evaluations.embedding import embed_images, embed_texts
+from evaluations.metrics import retrieval_metrics
+from evaluations.tasks import RetrievalExamples, TaskOutput
+
+
+def evaluate_retrieval(
+    model,
+    data: RetrievalSet,
+    facet_set: str = "raw",
+    batch_size: int = 64,
+    n_examples: int = 4,
+    image_emb: torch.Tensor | None = None,
+) -> TaskOutput:
+    if image_emb is None:
+        image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
+    text_emb = embed_texts(model, data.texts, facet_set, batch_size, desc=f"{data.name}: texts ({facet_set})")
+    metrics = retrieval_metrics(image_emb, text_emb, data.text_to_image)
+    details = {
+        "n_images": len(data.images),
+        "n_texts": len(data.texts),
+        "facet_set": facet_set,
+        "skipped_rows_without_text": data.skipped_rows,
+    }
+    return TaskOutput(metrics, details, _examples(data, image_emb, text_emb, n_examples))
+
+
+def _examples(data: RetrievalSet, image_emb: torch.Tensor, text_emb: torch.Tensor, n: int) -> RetrievalExamples:
+    """The first caption of the first ``n`` images, with their top-5 images."""
+    first_text: dict[int, int] = {}
+    for j, img in enumerate(data.text_to_image):
+        first_text.setdefault(img, j)
+    picks = [first_text[i] for i in sorted(first_text)[:n]]
+    k = min(5, len(data.images))
+    top = (text_emb[picks] @ image_emb.T).topk(k, dim=1).indices.tolist()
+    return RetrievalExamples(
+        queries=[data.texts[j] for j in picks],
+        ranked_images=[[data.images[i] for i in row] for row in top],
+        correct=[data.images[data.text_to_image[j]] for j in picks],
+    )

@@ -1,0 +1,29 @@
+"""Zero-shot classification: each class is the mean of its name in every template,
+embedded by the frozen LLM with the raw prompt; images go to the most similar class."""
+
+from __future__ import annotations
+
+import torch
+
+from evaluations.datasets import ClassificationSet
+from evaluations.embedding import embed_images, embed_texts
+from evaluations.metrics import classification_metrics
+from evaluations.tasks import TaskOutput
+from evaluations.templates import fill
+
+
+def class_embeddings(model, classnames: list[str], templates, batch_size: int = 64) -> torch.Tensor:
+    """``[C, D]``: per class, the normalised mean of its normalised template embeddings."""
+    prompts = [p for name in classnames for p in fill(templates, name)]
+    emb = embed_texts(model, prompts, "raw", batch_size, desc="class prompts")
+    emb = emb.view(len(classnames), len(templates), -1).mean(dim=1)
+    return torch.nn.functional.normalize(emb, dim=-1)
+
+
+def evaluate_zeroshot(model, data: ClassificationSet, templates, batch_size: int = 64) -> TaskOutput:
+    image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
+    classifier = class_embeddings(model, data.classnames, templates, batch_size)
+    logits = image_emb @ classifier.T
+    metrics = classification_metrics(logits, data.labels)
+    details = {"n_images": len(data.images), "n_classes": len(data.classnames), "n_templates": len(templates)}
+    return TaskOutput(metrics, details)
