@@ -1,0 +1,181 @@
+"""The frozen-LLM caption encoder: PromptEOL facets in one facet-decoupled pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from flame.config import ConfigError, FacetSet, TextConfig, load_config, profile_names
+from flame.errors import FlameError
+from flame.text.facet_attention import PromptTokens, pack, packed_forward, separate_forward
+from flame.text.llm import LoadedLLM, load_llm
+from flame.text.prompts import NORMALISATION_VERSION, normalise_caption, split_prefix
+from flame.text.store import fingerprint_of
+
+ENCODING_METHOD = "promptEOL-facet-decoupled-v1"
+
+
+@dataclass
+class EncodeStats:
+    captions: int = 0
+    tokens: int = 0
+    truncated: int = 0
+
+
+class TextEncoder:
+    """Frozen causal LM + facet sets. ``encode`` returns float32 ``[N, K, D]``, not normalised."""
+
+    def __init__(self, config: TextConfig, loaded: LoadedLLM):
+        if config.mode != "flame":
+            raise ConfigError(f"text.mode={config.mode!r}: the LLM encoder needs text.mode 'flame'")
+        self.config = config
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.dtype = loaded.dtype
+        self.device = loaded.device
+        n_layers = int(self.model.config.num_hidden_layers)
+        layer = config.layer if config.layer >= 0 else n_layers + 1 + config.layer
+        if not 0 <= layer <= n_layers:
+            raise ConfigError(
+                f"text.layer={config.layer}: the model has hidden_states indices 0..{n_layers} (or -1..-{n_layers + 1})"
+            )
+        self.layer = layer
+        self.hidden_size = int(self.model.config.hidden_size)
+        self.pad_id = self._pad_id()
+        self._bos = self._leading_special_ids()
+        self._cache: dict[str, tuple[list[int], list[int], list[list[int]]]] = {}
+        self.fingerprint_inputs = {
+            "method": ENCODING_METHOD,
+            "llm": loaded.source.identity,
+            "layer": self.layer,
+            "max_tokens": config.max_tokens,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "normalisation": NORMALISATION_VERSION,
+            "facet_sets": {k: v.model_dump() for k, v in sorted(config.facet_sets.items())},
+        }
+        self.fingerprint = fingerprint_of(self.fingerprint_inputs)
+
+    @classmethod
+    def from_config(cls, config: TextConfig, device: str | torch.device | None = None) -> "TextEncoder":
+        loaded = load_llm(
+            config.llm,
+            gguf_file=config.gguf_file,
+            revision=config.revision,
+            dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code,
+            cache_dir=config.cache_dir,
+            device=device,
+        )
+        return cls(config, loaded)
+
+    # ---- tokens --------------------------------------------------------------------
+    def _pad_id(self) -> int:
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    def _leading_special_ids(self) -> list[int]:
+        """What the tokenizer puts before text (a BOS for Llama/Mistral, nothing for SmolLM2)."""
+        with_special = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        plain = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        for start in range(len(with_special)):
+            if with_special[start:start + len(plain)] == plain:
+                return list(with_special[:start])
+        return []
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def facet_set(self, name: str) -> FacetSet:
+        try:
+            return self.config.facet_sets[name]
+        except KeyError:
+            raise FlameError(f"unknown facet set {name!r}; text.facet_sets has {sorted(self.config.facet_sets)}") from None
+
+    def _template_ids(self, name: str) -> tuple[list[int], list[int], list[list[int]]]:
+        if name not in self._cache:
+            fs = self.facet_set(name)
+            head, tail = split_prefix(fs)
+            facets = [self._ids(f) for f in fs.facets]
+            if any(not f for f in facets):
+                raise ConfigError(f"text.facet_sets.{name}.facets: a facet suffix tokenises to nothing")
+            self._cache[name] = (self._bos + self._ids(head), self._ids(tail), facets)
+        return self._cache[name]
+
+    def prompt_tokens(self, caption: str, facet_set: str) -> PromptTokens:
+        """Token pieces for one caption, its caption part cut to fit ``text.max_tokens``
+        (the limit applies to each prompt ``prefix + facet_i``)."""
+        head, tail, facets = self._template_ids(facet_set)
+        text = normalise_caption(caption)
+        if not text:
+            raise ValueError(f"empty caption {caption!r} (nothing left after normalisation)")
+        budget = self.config.max_tokens - len(head) - len(tail) - max(len(f) for f in facets)
+        if budget < 1:
+            raise ConfigError(
+                f"text.max_tokens={self.config.max_tokens} leaves no room for a caption in facet set {facet_set!r} "
+                f"(its template alone takes {self.config.max_tokens - budget} tokens)"
+            )
+        caption_ids = self._ids(text)
+        truncated = len(caption_ids) > budget
+        return PromptTokens(head + caption_ids[:budget] + tail, [list(f) for f in facets], truncated)
+
+    def facet_token_ids(self, caption: str, facet_set: str) -> list[list[int]]:
+        """The K sequences ``prefix + facet_i`` whose last-token states ``encode`` reproduces."""
+        return self.prompt_tokens(caption, facet_set).separate_sequences()
+
+    def num_facets(self, facet_set: str) -> int:
+        return len(self.facet_set(facet_set).facets)
+
+    # ---- encoding ------------------------------------------------------------------
+    def encode(self, captions: list[str], facet_set: str, batch_size: int | None = None) -> torch.Tensor:
+        """float32 ``[N, K, D]``: the facet embeddings of each caption, one pass per batch."""
+        return self.encode_with_stats(captions, facet_set, batch_size)[0]
+
+    def encode_with_stats(
+        self, captions: list[str], facet_set: str, batch_size: int | None = None
+    ) -> tuple[torch.Tensor, EncodeStats]:
+        if isinstance(captions, str):
+            raise TypeError("encode() takes a list of captions, not one string")
+        items = [self.prompt_tokens(c, facet_set) for c in captions]
+        k = self.num_facets(facet_set)
+        out = torch.empty((len(items), k, self.hidden_size), dtype=torch.float32)
+        stats = EncodeStats(captions=len(items), truncated=sum(i.truncated for i in items))
+        # Longest first, so each batch pads to similar lengths and memory peaks at once.
+        order = sorted(range(len(items)), key=lambda i: -items[i].packed_length)
+        size = batch_size or self.config.batch_size
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            batch = pack([items[i] for i in chunk], self.pad_id)
+            out[chunk] = packed_forward(self.model, batch, self.layer).float().cpu()
+            stats.tokens += sum(items[i].packed_length for i in chunk)
+        return out, stats
+
+    def encode_separate(self, captions: list[str], facet_set: str, batch_size: int | None = None) -> torch.Tensor:
+        """Reference path: each of the K prompts in its own ordinary causal pass. Same output as ``encode``."""
+        seqs = [s for c in captions for s in self.facet_token_ids(c, facet_set)]
+        k = self.num_facets(facet_set)
+        flat = torch.empty((len(seqs), self.hidden_size), dtype=torch.float32)
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        size = batch_size or self.config.batch_size
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            flat[chunk] = separate_forward(self.model, [seqs[i] for i in chunk], self.pad_id, self.layer).float().cpu()
+        return flat.view(len(captions), k, self.hidden_size)
+
+
+def load_encoder(profile_or_path: str = "tiny", config_path: str | None = None) -> TextEncoder:
+    """``profile_or_path``: a profile of params.yaml, a params.yaml-style file (its default
+    profile), or an LLM (folder, .gguf file, hub id) used with the default profile's prompts."""
+    candidate = Path(profile_or_path).expanduser()
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        config = load_config(candidate)
+    elif profile_or_path in profile_names(config_path):
+        config = load_config(config_path, profile_or_path)
+    else:
+        # a model folder, .gguf file or hub id, with the default profile's prompts
+        config = load_config(config_path, overrides={"text": {"llm": profile_or_path}})
+    return TextEncoder.from_config(config.text)
