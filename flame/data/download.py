@@ -22,11 +22,15 @@ import urllib.request
 from pathlib import Path
 
 import importlib
+import os
+
+# albumentations (imported by img2dataset) otherwise asks PyPI for a newer version on import.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import img2dataset.downloader as downloader_module
 from img2dataset.downloader import Downloader, is_disallowed
 
-from flame.atomic import write_json
+from flame.atomic import write_json, write_text
 from flame.data.manifest import Manifest, load_manifest, write_img2dataset_input
 from flame.errors import FlameError
 
@@ -303,7 +307,9 @@ def download_shards(manifest_path: str | Path, out_dir: str | Path, data_config,
     if removed:
         log.info("removed partial shard files of an interrupted run: %s", ", ".join(removed))
     (out_dir / SUMMARY_FILE).unlink(missing_ok=True)  # img2dataset would read it as a shard's stats
-    (out_dir / STATE_FILE).write_text(fingerprint + "\n")
+    state = out_dir / STATE_FILE
+    if not state.exists() or state.read_text().strip() != fingerprint:
+        write_text(state, fingerprint + "\n")
 
     expected = shard_names(len(manifest.rows), data_config.number_sample_per_shard)
     done = set(complete_shards(out_dir))
