@@ -1,0 +1,47 @@
+"""``flame embed``: captions -> frozen-LLM facet embeddings in a resumable store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from flame.config import FlameConfig
+from flame.errors import FlameError
+
+HELP = (
+    "Embed captions of webdataset shards (a folder of NNNNN.tar) or of a JSONL manifest with the "
+    "frozen LLM, all facets in one pass, into OUT/<fingerprint>/<shard>.safetensors. "
+    "Existing shard files are kept, so rerunning after a kill resumes."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="folder of .tar shards (flame download output) or a .jsonl manifest")
+    parser.add_argument("--out", required=True, help="store root; embeddings go to OUT/<fingerprint>/")
+    parser.add_argument("--max-shards", type=int, default=None,
+                        help="compute at most this many missing shards, then stop (a rerun continues)")
+    parser.add_argument("--batch-size", type=int, default=None, help="override text.batch_size (captions per forward pass)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace, config: FlameConfig) -> int:
+    from flame.text.embed import run_embedding
+
+    if args.max_shards is not None and args.max_shards < 0:
+        raise FlameError(f"--max-shards must be >= 0 (got {args.max_shards})")
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise FlameError(f"--batch-size must be >= 1 (got {args.batch_size})")
+        config.text.batch_size = args.batch_size
+    summary = run_embedding(config, args.input, args.out, max_shards=args.max_shards, progress=not args.no_progress)
+    validation = summary["validation"]
+    print(
+        f"embedded {summary['shards_done']} shard(s), skipped {summary['shards_skipped']} already done, "
+        f"{summary['shards_remaining']} remaining; {summary['samples']} samples, "
+        f"{summary['skipped_empty']} skipped (empty captions), {summary['truncated']} truncated captions, "
+        f"{summary['seconds']:.1f}s -> {summary['store']}"
+    )
+    print(json.dumps(summary, sort_keys=True))
+    if summary["shards_remaining"] == 0 and not validation["ok"]:
+        raise FlameError(f"embedding store {summary['store']} failed validation: {'; '.join(validation['errors'])}")
+    return 0

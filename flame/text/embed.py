@@ -1,0 +1,255 @@
+"""Embedding a dataset's captions into an EmbeddingStore, one data shard at a time.
+
+Input: a folder of webdataset shards (``NNNNN.tar``) or one JSONL manifest (its own
+single "shard", named by the file stem). Each sample gets ``K`` columns: for every
+configured view (caption field x facet set), ``captions_per_sample`` captions (cycled
+when a sample has fewer) times the set's facets. A shard file is the unit of work and
+of resumption: existing shard files are never recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from flame.config import FlameConfig, TextConfig
+from flame.data.shards import ShardSample, iter_shard, list_shards, shard_name
+from flame.errors import FlameError
+from flame.text.encoder import TextEncoder
+from flame.text.prompts import normalise_caption
+from flame.text.store import EmbeddingStore, fingerprint_of
+
+
+@dataclass
+class InputShard:
+    name: str
+    path: Path
+
+    def samples(self) -> Iterator[ShardSample]:
+        if self.path.suffix == ".tar":
+            yield from iter_shard(self.path, with_images=False)
+        else:
+            yield from iter_jsonl(self.path, self.name)
+
+
+def iter_jsonl(path: Path, shard: str) -> Iterator[ShardSample]:
+    """Samples of a JSONL manifest; key = its ``key`` field, else the zero-padded record index."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FlameError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    index = 0
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FlameError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise FlameError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        key = str(record["key"]) if record.get("key") is not None else f"{index:09d}"
+        index += 1
+        yield ShardSample(key=key, shard=shard, text=None, meta=record)
+
+
+def input_shards(path: str | Path) -> list[InputShard]:
+    path = Path(path)
+    if path.is_dir():
+        return [InputShard(shard_name(p), p) for p in list_shards(path)]
+    if path.is_file():
+        if path.suffix not in (".jsonl", ".json"):
+            raise FlameError(f"{path}: expected a folder of .tar shards or a .jsonl manifest")
+        return [InputShard(path.stem, path)]
+    raise FlameError(f"embedding input not found: {path}")
+
+
+def store_layout(config: TextConfig) -> list[dict]:
+    """Which caption field, caption index and facet each of the K columns holds."""
+    columns = []
+    for v, view in enumerate(config.views):
+        facets = config.facet_sets[view.facet_set].facets
+        for c in range(config.captions_per_sample):
+            for f in range(len(facets)):
+                columns.append({
+                    "column": len(columns), "view": v, "field": view.field, "facet_set": view.facet_set,
+                    "caption_index": c, "facet_index": f,
+                })
+    return columns
+
+
+def store_meta(encoder: TextEncoder, config: TextConfig) -> dict:
+    used = sorted({view.facet_set for view in config.views})
+    inputs = {
+        **{k: v for k, v in encoder.fingerprint_inputs.items() if k != "facet_sets"},
+        "facet_sets": {name: config.facet_sets[name].model_dump() for name in used},
+        "views": [view.model_dump() for view in config.views],
+        "captions_per_sample": config.captions_per_sample,
+    }
+    layout = store_layout(config)
+    return {
+        "fingerprint": fingerprint_of(inputs),
+        "fingerprint_inputs": inputs,
+        "encoder_fingerprint": encoder.fingerprint,
+        "K": len(layout),
+        "D": encoder.hidden_size,
+        "layer": encoder.layer,
+        "views": inputs["views"],
+        "captions_per_sample": config.captions_per_sample,
+        "layout": layout,
+    }
+
+
+ENCODING_FIELDS = ("llm", "gguf_file", "revision", "layer", "dtype", "max_tokens", "facet_sets")
+
+
+def check_encoder_matches(encoder: TextEncoder, config: TextConfig) -> None:
+    """A passed-in encoder may be reused only if it encodes exactly as ``config`` would."""
+    for name in ENCODING_FIELDS:
+        if getattr(encoder.config, name) != getattr(config, name):
+            raise FlameError(f"the encoder was built with a different text.{name} than this configuration")
+
+
+@dataclass
+class ShardResult:
+    keys: list[str]
+    embeddings: torch.Tensor
+    stats: dict = field(default_factory=dict)
+
+
+class ShardEmbedder:
+    """Turns one shard's samples into ``[n, K, D]`` normalised embeddings."""
+
+    def __init__(self, encoder: TextEncoder, config: TextConfig, progress: tqdm | None = None, chunk: int | None = None):
+        self.encoder = encoder
+        self.config = config
+        self.progress = progress
+        self.chunk = chunk or encoder.config.batch_size * 4
+        self.totals = {"prompts": 0, "tokens": 0}
+        self.started = time.perf_counter()
+
+    def _sample_captions(self, sample: ShardSample) -> tuple[list[list[str]] | None, int]:
+        """Per view, the ``captions_per_sample`` normalised captions; None if a view has none."""
+        per_view, empty = [], 0
+        for view in self.config.views:
+            raw = sample.captions(view.field)
+            texts = [normalise_caption(t) for t in raw]
+            kept = [t for t in texts if t]
+            empty += len(texts) - len(kept)
+            if not kept:
+                return None, empty
+            per_view.append([kept[i % len(kept)] for i in range(self.config.captions_per_sample)])
+        return per_view, empty
+
+    def _encode_unique(self, texts: list[str], facet_set: str, stats: dict) -> dict[str, torch.Tensor]:
+        # Similar lengths together; the encoder also sorts inside each chunk.
+        ordered = sorted(texts, key=len, reverse=True)
+        out: dict[str, torch.Tensor] = {}
+        for start in range(0, len(ordered), self.chunk):
+            part = ordered[start:start + self.chunk]
+            emb, st = self.encoder.encode_with_stats(part, facet_set)
+            out.update(zip(part, emb))
+            stats["truncated"] += st.truncated
+            stats["tokens"] += st.tokens
+            stats["prompts"] += st.captions * self.encoder.num_facets(facet_set)
+            if self.progress is not None:
+                self.totals["prompts"] += st.captions * self.encoder.num_facets(facet_set)
+                self.totals["tokens"] += st.tokens
+                self.progress.update(len(part))
+                elapsed = max(time.perf_counter() - self.started, 1e-9)
+                self.progress.set_postfix(prompts_s=f"{self.totals['prompts'] / elapsed:.1f}",
+                                          tokens_s=f"{self.totals['tokens'] / elapsed:.0f}")
+        return out
+
+    def embed(self, shard: InputShard) -> ShardResult:
+        stats = {"samples_in": 0, "samples": 0, "skipped_empty": 0, "empty_captions": 0,
+                 "unique_captions": 0, "truncated": 0, "prompts": 0, "tokens": 0}
+        keys: list[str] = []
+        skipped: list[str] = []
+        chosen: list[list[list[str]]] = []
+        seen: set[str] = set()
+        for sample in shard.samples():
+            stats["samples_in"] += 1
+            if sample.key in seen:
+                raise FlameError(f"{shard.path}: duplicate sample key {sample.key!r}")
+            seen.add(sample.key)
+            per_view, empty = self._sample_captions(sample)
+            stats["empty_captions"] += empty
+            if per_view is None:
+                skipped.append(sample.key)
+                continue
+            keys.append(sample.key)
+            chosen.append(per_view)
+        stats["skipped_empty"] = len(skipped)
+        stats["skipped_keys"] = skipped
+        stats["samples"] = len(keys)
+
+        unique: dict[str, set[str]] = {}
+        for per_view in chosen:
+            for view, texts in zip(self.config.views, per_view):
+                unique.setdefault(view.facet_set, set()).update(texts)
+        stats["unique_captions"] = sum(len(v) for v in unique.values())
+        encoded = {fs: self._encode_unique(sorted(texts), fs, stats) for fs, texts in sorted(unique.items())}
+
+        rows = []
+        for per_view in chosen:
+            parts = [
+                encoded[view.facet_set][text]
+                for view, texts in zip(self.config.views, per_view)
+                for text in texts
+            ]
+            rows.append(torch.cat(parts, dim=0))
+        d = self.encoder.hidden_size
+        k = len(store_layout(self.config))
+        emb = torch.stack(rows) if rows else torch.zeros((0, k, d))
+        return ShardResult(keys, F.normalize(emb.float(), dim=-1), stats)
+
+
+def run_embedding(
+    config: FlameConfig | TextConfig,
+    input_path: str | Path,
+    out_dir: str | Path,
+    encoder: TextEncoder | None = None,
+    max_shards: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Embed every shard of ``input_path`` missing from the store under ``out_dir``.
+
+    ``max_shards`` stops after computing that many new shards (the rest stay for a
+    rerun). Returns a summary with the store path and its validation.
+    """
+    text_config = config.text if isinstance(config, FlameConfig) else config
+    start = time.perf_counter()
+    shards = input_shards(input_path)
+    encoder = encoder or TextEncoder.from_config(text_config)
+    check_encoder_matches(encoder, text_config)
+    store = EmbeddingStore.create(out_dir, store_meta(encoder, text_config))
+    missing = [s for s in shards if not store.has(s.name)]
+    todo = missing if max_shards is None else missing[:max_shards]
+    summary = {"store": str(store.path), "fingerprint": store.fingerprint, "K": store.K, "D": store.D,
+               "shards_total": len(shards), "shards_skipped": len(shards) - len(missing),
+               "shards_done": 0, "samples": 0, "skipped_empty": 0, "empty_captions": 0, "truncated": 0,
+               "prompts": 0, "tokens": 0}
+    bar = tqdm(desc="embedding captions", unit="caption", disable=not progress, dynamic_ncols=True)
+    embedder = ShardEmbedder(encoder, text_config, bar)
+    try:
+        for shard in todo:
+            bar.set_description(f"embedding {shard.name}")
+            result = embedder.embed(shard)
+            store.write(shard.name, result.keys, result.embeddings, result.stats)
+            summary["shards_done"] += 1
+            for key in ("samples", "skipped_empty", "empty_captions", "truncated", "prompts", "tokens"):
+                summary[key] += result.stats[key]
+    finally:
+        bar.close()
+    summary["shards_remaining"] = len([s for s in shards if not store.has(s.name)])
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    summary["validation"] = store.validate()
+    return summary
