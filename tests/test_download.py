@@ -16,6 +16,7 @@ from flame.data.download import SUMMARY_FILE, failure_reason
 from flame.data.manifest import load_manifest
 from flame.data.shards import iter_shard, list_shards
 from flame.errors import FlameError
+from tests.fixtures.data import SAMPLE_DIR
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -120,3 +121,21 @@ def test_sample_shards_hold_every_image_with_all_caption_fields(sample_shards, s
     summary = json.loads((sample_shards / SUMMARY_FILE).read_text())
     assert summary["total"] == summary["success"] == len(rows) and summary["success_rate"] == 1.0
     assert summary["failures"] == {} and summary["shards"] == ["00000", "00001"]
+
+
+def test_bundled_sample_set_is_complete_and_small():
+    """data/sample: the 762 non-dev Flickr8k images (128 px longest side, 5 captions each),
+    a disjoint dev split, relative paths, and its attribution."""
+    splits = {}
+    for split in ("train", "dev"):
+        rows = [json.loads(line) for line in (SAMPLE_DIR / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert all(not Path(r["url"]).is_absolute() and len(r["captions"]) == 5 for r in rows)
+        assert all(r["caption"] == r["captions"][0] for r in rows)
+        splits[split] = {r["url"] for r in rows}
+        with Image.open(SAMPLE_DIR / rows[0]["url"]) as im:
+            assert max(im.size) == 128
+    assert (len(splits["train"]), len(splits["dev"])) == (762, 113)
+    assert not splits["train"] & splits["dev"]
+    assert len(list((SAMPLE_DIR / "images").glob("*.jpg"))) == 875
+    readme = (SAMPLE_DIR / "README.md").read_text(encoding="utf-8")
+    assert "Hodosh" in readme and "Research use only" in readme

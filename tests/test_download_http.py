@@ -149,6 +149,9 @@ def test_each_failure_lands_in_its_bucket_and_good_images_all_arrive(tmp_path, h
     other = _write_jsonl(tmp_path / "other.jsonl", good[:2])
     with pytest.raises(FlameError, match="different manifest or data settings"):
         download_shards(other, out, config, progress=False)
+    replaced = download_shards(other, out, config, overwrite=True, progress=False)
+    assert replaced["total"] == replaced["success"] == 2 and replaced["shards"] == ["00000"]
+    assert sorted(s.meta["url"] for s in _all_samples(out)) == sorted(r["url"] for r in good[:2])
 
 
 def _png_blank(width: int, height: int) -> bytes:
@@ -187,6 +190,8 @@ def test_killed_download_resumes_without_duplicates(tmp_path, http_server):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "00002_stats.json").exists() and not (out / SUMMARY_FILE).exists()
+    # Readers see only complete shards meanwhile (a cut-off 00001.tar is left out).
+    assert [p.name for p in list_shards(out)] == sorted(f"{p.name[:5]}.tar" for p in out.glob("*_stats.json"))
     first_shard_stats = (out / "00000_stats.json").read_text()
 
     summary = download_shards(manifest, out, data_config(number_sample_per_shard=3, threads=1), progress=False)

@@ -32,13 +32,13 @@ from img2dataset.downloader import Downloader, is_disallowed
 
 from flame.atomic import write_json, write_text
 from flame.data.manifest import Manifest, load_manifest, write_img2dataset_input
+from flame.data.shards import DOWNLOAD_STATE_FILE
 from flame.errors import FlameError
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "download_summary.json"
-# Not *.json: img2dataset takes every *.json in the output folder for a shard's stats.
-STATE_FILE = ".download_state"
+STATE_FILE = DOWNLOAD_STATE_FILE
 SHARD_DIGITS = 5  # img2dataset's oom_shard_count default: shard names 00000 .. 99999
 EXAMPLES_PER_REASON = 5
 NON_IMAGE_OK_TYPES = ("application/octet-stream", "binary/octet-stream")

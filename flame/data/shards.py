@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,11 @@ from typing import Iterator
 
 from flame.errors import FlameError
 
+log = logging.getLogger(__name__)
+
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+# Written by ``flame download`` into its output folder (not *.json: img2dataset reads those as stats).
+DOWNLOAD_STATE_FILE = ".download_state"
 
 
 @dataclass
@@ -53,11 +58,22 @@ def shard_name(path: str | Path) -> str:
 
 
 def list_shards(directory: str | Path) -> list[Path]:
-    """The ``.tar`` shards of ``directory``, sorted; a missing folder or none found is an error."""
+    """The ``.tar`` shards of ``directory``, sorted; a missing folder or none found is an error.
+
+    In a folder made by ``flame download`` (it holds ``DOWNLOAD_STATE_FILE``), a tar whose
+    ``NNNNN_stats.json`` is missing is still being written, or was cut off by a kill, and
+    is left out.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise FlameError(f"shard directory not found: {directory}")
     shards = sorted(p for p in directory.glob("*.tar") if not p.name.startswith("."))
+    if (directory / DOWNLOAD_STATE_FILE).exists():
+        complete = [p for p in shards if (directory / f"{shard_name(p)}_stats.json").exists()]
+        if len(complete) < len(shards):
+            log.warning("%s: %d incomplete shard(s) left out; rerun flame download to finish them",
+                        directory, len(shards) - len(complete))
+        shards = complete
     if not shards:
         raise FlameError(f"no .tar shards in {directory}")
     return shards
