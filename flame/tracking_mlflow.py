@@ -188,6 +188,12 @@ class MlflowTracker:
         for f in files:
             self.log_artifact(f, "evaluation")
 
+    def log_model(self, checkpoint_dir: str | Path, name: str = "model") -> str:
+        """Log a checkpoint folder as this run's pyfunc model; returns its ``models:/`` URI."""
+        from flame.mlflow_model import log_flame_model
+
+        return log_flame_model(self.config, checkpoint_dir, self.run_id, name=name, tracking_uri=self.tracking_uri)
+
     def metrics(self) -> dict[str, float]:
         """The run's latest metric values (MLflow names)."""
         return dict(self.client.get_run(self.run_id).data.metrics)
