@@ -1,0 +1,132 @@
+"""Asset checks. Blocking ones stop the assets downstream of them in the same run;
+``registered_model`` also refuses to register while any of ``REGISTRATION_GATES`` last failed."""
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+from dagster import AssetCheckExecutionContext, AssetCheckKey, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
+
+from orchestration.assets import (
+    caption_embeddings,
+    evaluation,
+    flame_model,
+    image_shards,
+    latest_metadata,
+    manifest,
+    registered_model,
+)
+from orchestration.partitions import DATA_SHARDS
+from orchestration.resources import FlameConfigResource, MlflowResource
+
+# Partitioned checks (one per data shard) are a Dagster preview feature; we rely on it knowingly.
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec")
+
+
+@asset_check(asset=manifest, partitions_def=DATA_SHARDS, blocking=False,
+             description="Most manifest rows have a URL and a caption.")
+def manifest_rows_usable(context: AssetCheckExecutionContext, flame_config: FlameConfigResource) -> AssetCheckResult:
+    meta = latest_metadata(context, "manifest", context.partition_key)
+    count, usable = int(meta["count"]), int(meta["usable"])
+    rate = usable / count if count else 0.0
+    return AssetCheckResult(
+        passed=rate >= flame_config.load().data.min_success_rate,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"usable_rate": rate, "usable": usable, "count": count},
+    )
+
+
+@asset_check(asset=image_shards, partitions_def=DATA_SHARDS, blocking=True,
+             description="The download success rate reaches data.min_success_rate.")
+def download_success_rate(context: AssetCheckExecutionContext, flame_config: FlameConfigResource) -> AssetCheckResult:
+    meta = latest_metadata(context, "image_shards", context.partition_key)
+    threshold = flame_config.load().data.min_success_rate
+    rate = float(meta["success_rate"])
+    return AssetCheckResult(
+        passed=rate >= threshold,
+        metadata={"success_rate": rate, "threshold": threshold, "failed": int(meta["failed"]),
+                  "failures": MetadataValue.json(meta.get("failures") or {})},
+    )
+
+
+@asset_check(asset=caption_embeddings, partitions_def=DATA_SHARDS, blocking=True,
+             description="Embeddings are finite, one row per key, one key per downloaded image (EmbeddingStore.validate).")
+def embeddings_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    from flame.text.store import EmbeddingStore
+
+    key = context.partition_key
+    meta = latest_metadata(context, "caption_embeddings", key)
+    downloaded = int(latest_metadata(context, "image_shards", key)["success"])
+    store = EmbeddingStore.open(meta["store"])
+    report = store.validate()
+    own_errors = [e for e in report["errors"] if e.startswith(f"{key}:") or e.startswith(f"{key}_")]
+    keys, _ = store.read(key)
+    return AssetCheckResult(
+        passed=not own_errors and len(keys) == downloaded,
+        metadata={"rows": len(keys), "downloaded_images": downloaded, "errors": MetadataValue.json(own_errors),
+                  "store_shards": report["shards"], "store_ok": bool(report["ok"])},
+    )
+
+
+@asset_check(asset=flame_model, blocking=True, description="The training loss went down.")
+def training_loss_decreased(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    meta = latest_metadata(context, "flame_model")
+    summary_file = Path(meta["checkpoint"]) / "train_summary.json"
+    losses = [float(x) for x in json.loads(summary_file.read_text(encoding="utf-8")).get("losses") or []]
+    finite = bool(losses) and all(math.isfinite(x) for x in losses)
+    # Compare averages of the first and last few logged losses: single steps are noisy.
+    n = max(1, len(losses) // 5)
+    first = sum(losses[:n]) / n if losses else float("nan")
+    last = sum(losses[-n:]) / n if losses else float("nan")
+    return AssetCheckResult(
+        passed=finite and len(losses) >= 2 and last < first,
+        metadata={"first_loss": first, "last_loss": last, "logged_losses": len(losses)},
+    )
+
+
+def chance_pairs(metrics: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """``{bench}/m`` -> (value, chance) for every metric that has ``{bench}/chance_m`` beside it."""
+    pairs = {}
+    for name, value in metrics.items():
+        bench, _, metric = name.rpartition("/")
+        chance = metrics.get(f"{bench}/chance_{metric}" if bench else f"chance_{metric}")
+        if not metric.startswith("chance_") and chance is not None:
+            pairs[name] = (float(value), float(chance))
+    return pairs
+
+
+@asset_check(asset=evaluation, blocking=True,
+             description="The gate metric beats its chance level (else: every metric with a chance level does).")
+def evaluation_above_chance(context: AssetCheckExecutionContext, flame_config: FlameConfigResource) -> AssetCheckResult:
+    metrics = latest_metadata(context, "evaluation")["metrics"]
+    gate = flame_config.load().registry.gate_metric
+    pairs = chance_pairs(metrics)
+    if gate in pairs:
+        passed = pairs[gate][0] > pairs[gate][1]
+    else:
+        passed = bool(pairs) and all(v > c for v, c in pairs.values())
+    return AssetCheckResult(
+        passed=passed,
+        metadata={"gate_metric": gate, "compared": MetadataValue.json({k: {"value": v, "chance": c} for k, (v, c) in pairs.items()})},
+    )
+
+
+@asset_check(asset=registered_model, blocking=False, description="The registered model has a champion version.")
+def champion_exists(context: AssetCheckExecutionContext, flame_config: FlameConfigResource, mlflow: MlflowResource) -> AssetCheckResult:
+    from flame.registry import registry_client
+
+    config = flame_config.load()
+    uri = mlflow.uri(config)
+    client = registry_client(config, uri)
+    aliases = client.get_registered_model(config.registry.model_name).aliases
+    return AssetCheckResult(passed="champion" in aliases, metadata={"aliases": MetadataValue.json(dict(aliases))})
+
+
+ALL_CHECKS = [manifest_rows_usable, download_success_rate, embeddings_valid, training_loss_decreased,
+              evaluation_above_chance, champion_exists]
+# Registration refuses to run while the latest evaluation of one of these failed.
+REGISTRATION_GATES = [
+    AssetCheckKey(flame_model.key, "training_loss_decreased"),
+    AssetCheckKey(evaluation.key, "evaluation_above_chance"),
+]

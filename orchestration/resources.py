@@ -1,0 +1,97 @@
+"""Dagster resources: the FLAME configuration, the MLflow tracking URI and the storage root.
+
+Every value defaults from the environment so that ``dagster dev``, the demo and the
+tests point the same Definitions at different files: ``FLAME_CONFIG`` (params.yaml),
+``FLAME_PROFILE``, ``FLAME_STORAGE_ROOT`` and ``MLFLOW_TRACKING_URI``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dagster import ConfigurableResource
+
+from flame.config import FlameConfig, load_config, repo_root
+
+
+def _in_repo(path: str | Path) -> Path:
+    """Relative paths of params.yaml mean the project root, wherever Dagster runs from."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else repo_root() / path
+
+
+class FlameConfigResource(ConfigurableResource):
+    """Which params.yaml and profile the pipeline runs with."""
+
+    params_path: str = ""
+    profile: str = ""
+
+    def load(self) -> FlameConfig:
+        path = self.params_path or os.environ.get("FLAME_CONFIG") or str(repo_root() / "params.yaml")
+        return load_config(path, self.profile or None)
+
+    def params_file(self) -> Path:
+        return Path(self.params_path or os.environ.get("FLAME_CONFIG") or repo_root() / "params.yaml").resolve()
+
+    def profile_name(self) -> str:
+        return self.load().profile
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """``sqlite:///mlflow.db`` (relative) -> ``sqlite:////abs/repo/mlflow.db``; servers unchanged."""
+    for scheme in ("sqlite:///", "file://"):
+        if uri.startswith(scheme) and not uri.startswith(scheme + "/"):
+            return scheme + str(_in_repo(uri[len(scheme):]))
+    if "://" not in uri:
+        return str(_in_repo(uri))
+    return uri
+
+
+class MlflowResource(ConfigurableResource):
+    """The MLflow tracking URI: this value, else $MLFLOW_TRACKING_URI, else config.tracking.tracking_uri."""
+
+    tracking_uri: str = ""
+
+    def uri(self, config: FlameConfig) -> str:
+        raw = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
+        return absolute_tracking_uri(raw)
+
+
+class StorageResource(ConfigurableResource):
+    """Where assets live on disk: this root, else $FLAME_STORAGE_ROOT, else config.orchestration.storage_root."""
+
+    root: str = ""
+
+    def base(self, config: FlameConfig) -> Path:
+        return _in_repo(self.root or os.environ.get("FLAME_STORAGE_ROOT") or config.orchestration.storage_root)
+
+    def paths(self, config: FlameConfig) -> "StoragePaths":
+        return StoragePaths(self.base(config))
+
+
+class StoragePaths:
+    """The folder layout under the storage root (one place, so assets and checks agree)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.manifests = self.root / "manifests"  # one JSONL per partition (data shard)
+        self.downloads = self.root / "downloads"  # img2dataset output per partition
+        self.shards = self.root / "shards"  # <partition>.tar (+ .parquet, _stats.json): training input
+        self.embeddings = self.root / "embeddings"  # EmbeddingStore root
+        self.models = self.root / "models"
+        self.evaluations = self.root / "evaluations"
+
+    def manifest(self, key: str) -> Path:
+        return self.manifests / f"{key}.jsonl"
+
+    def shard(self, key: str) -> Path:
+        return self.shards / f"{key}.tar"
+
+
+def incoming_dir(config: FlameConfig) -> Path:
+    return _in_repo(config.orchestration.incoming_dir)
+
+
+def base_manifests(config: FlameConfig) -> list[Path]:
+    return [_in_repo(m) for m in config.orchestration.manifests]
