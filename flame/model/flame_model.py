@@ -1,0 +1,124 @@
+"""FlameModel: the trained image tower, the learnable logit scale/bias, and the identity
+of the frozen text encoder it was trained against."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from flame.atomic import atomic_path, write_json
+from flame.config import ImageConfig
+from flame.errors import FlameError
+from flame.model.image_tower import ImageTower
+from flame.model.text_side import make_text_side
+from flame.model.transforms import eval_transform
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+FORMAT_VERSION = 1
+
+
+class FlameModel(nn.Module):
+    def __init__(
+        self,
+        image: ImageConfig,
+        embed_dim: int,
+        text_config: dict,
+        text_fingerprint: str | None = None,
+        text_mode: str = "flame",
+        logit_scale_init: float = 10.0,
+        logit_bias_init: float = -10.0,
+    ):
+        super().__init__()
+        self.image_config = image
+        self.embed_dim = int(embed_dim)
+        self.text_mode = text_mode
+        self.text_config = text_config
+        self.text_fingerprint = text_fingerprint
+        self.visual = ImageTower(image, self.embed_dim)
+        # Stored as log(scale), like CLIP/SigLIP; the trainer clamps it.
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(logit_bias_init)))
+        self.text = make_text_side(text_mode, text_config, text_fingerprint)
+
+    @property
+    def text_encoder_name(self) -> str | None:
+        return self.text_config.get("llm")
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> L2-normalised ``[B, D]``."""
+        return self.visual(pixels)
+
+    forward = encode_image
+
+    def encode_text(self, texts: list[str], facet_set: str = "raw") -> torch.Tensor:
+        """Texts -> L2-normalised ``[N, D]`` through the frozen LLM, averaged over the facet set."""
+        return self.text.encode(texts, facet_set)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return eval_transform(image, self.image_config)
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        return image_features @ text_features.T * self.logit_scale.exp() + self.logit_bias
+
+    def config_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "embed_dim": self.embed_dim,
+            "image": self.image_config.model_dump(mode="json"),
+            "text_mode": self.text_mode,
+            "text_encoder": self.text_encoder_name,
+            "text_fingerprint": self.text_fingerprint,
+            "text": self.text_config,
+        }
+
+    def save(self, directory: str | Path, extra: dict | None = None) -> Path:
+        """Write ``model.safetensors`` + ``model_config.json`` (atomically) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        metadata = {"format": "pt", **{k: json.dumps(v) for k, v in (extra or {}).items()}}
+        with atomic_path(directory / WEIGHTS_FILE, suffix=".safetensors") as tmp:
+            save_file(state, str(tmp), metadata=metadata)
+        write_json(directory / CONFIG_FILE, {**self.config_dict(), **(extra or {})})
+        return directory
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> FlameModel:
+    """A FlameModel from a checkpoint folder (or its ``model.safetensors``); safetensors only."""
+    path = Path(path)
+    directory = path.parent if path.is_file() else path
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for needed in (config_path, weights_path):
+        if not needed.exists():
+            raise FlameError(f"not a FLAME checkpoint: {needed} is missing")
+    try:
+        cfg = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise FlameError(f"{config_path}: invalid JSON ({exc})") from None
+    if cfg.get("format_version") != FORMAT_VERSION:
+        raise FlameError(f"{config_path}: format_version {cfg.get('format_version')!r} unsupported (want {FORMAT_VERSION})")
+    try:
+        model = FlameModel(
+            image=ImageConfig.model_validate(cfg["image"]),
+            embed_dim=cfg["embed_dim"],
+            text_config=cfg["text"],
+            text_fingerprint=cfg.get("text_fingerprint"),
+            text_mode=cfg.get("text_mode", "flame"),
+        )
+    except (KeyError, ValueError) as exc:
+        raise FlameError(f"{config_path}: bad model config ({exc})") from None
+    try:
+        state = load_file(str(weights_path), device=str(map_location))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise FlameError(f"{weights_path}: not a readable safetensors file ({exc})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise FlameError(f"{weights_path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model.eval()

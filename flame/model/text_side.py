@@ -1,0 +1,67 @@
+"""The text side of a FlameModel, behind one small seam.
+
+``flame`` mode: the frozen LLM (loaded lazily through ``flame.text``), its facet
+embeddings averaged and L2-normalised. Another mode (e.g. a trainable CLIP text
+transformer) plugs in by adding a class with the same ``encode`` and registering it
+in ``TEXT_SIDES``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from flame.config import TextConfig
+from flame.errors import FlameError
+
+
+class FrozenLLMText:
+    """Encodes texts with the frozen LLM the model was trained against; refuses another one."""
+
+    def __init__(self, text_config: dict, fingerprint: str | None):
+        self.text_config = text_config
+        self.fingerprint = fingerprint
+        self._encoder = None
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from flame.text import encoder_from_config
+
+            encoder = encoder_from_config(TextConfig.model_validate(self.text_config))
+            check_text_fingerprint(self.fingerprint, encoder.fingerprint, "the configured text encoder")
+            self._encoder = encoder
+        return self._encoder
+
+    def set_encoder(self, encoder) -> None:
+        """Reuse an already loaded encoder (it must have the trained-against fingerprint)."""
+        check_text_fingerprint(self.fingerprint, encoder.fingerprint, "the given text encoder")
+        self._encoder = encoder
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], facet_set: str = "raw") -> torch.Tensor:
+        if facet_set not in self.text_config["facet_sets"]:
+            raise FlameError(
+                f"facet set {facet_set!r} unknown to this model; known: {sorted(self.text_config['facet_sets'])}"
+            )
+        per_facet = torch.as_tensor(self.encoder.encode(list(texts), facet_set)).float()  # [N, K, D]
+        # Each facet embedding is normalised (as stored for training) before averaging.
+        return F.normalize(F.normalize(per_facet, dim=-1).mean(dim=1), dim=-1)
+
+
+TEXT_SIDES = {"flame": FrozenLLMText}
+
+
+def make_text_side(mode: str, text_config: dict, fingerprint: str | None):
+    if mode not in TEXT_SIDES:
+        raise FlameError(f"text mode {mode!r} is not available for FlameModel; known: {sorted(TEXT_SIDES)}")
+    return TEXT_SIDES[mode](text_config, fingerprint)
+
+
+def check_text_fingerprint(expected: str | None, actual: str | None, what: str) -> None:
+    if expected and actual and expected != actual:
+        raise FlameError(
+            f"text encoder fingerprint mismatch: the model was trained against {expected}, "
+            f"but {what} has {actual} (a different LLM, layer, dtype or prompts); "
+            "embeddings from different encoders are not comparable"
+        )

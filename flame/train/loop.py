@@ -1,0 +1,343 @@
+"""The training loop: FlameModel image tower against stored text embeddings.
+
+Single process, or DDP under torchrun. Resumable exactly from ``train_state.pt``:
+the data order, crops and positive picks depend only on (seed, epoch, key), and the
+model, optimizer, scheduler and RNG come back from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from flame.atomic import write_json
+from flame.config import FlameConfig
+from flame.errors import FlameError
+from flame.losses import get_loss
+from flame.model import FlameModel
+from flame.text.store import EmbeddingStore
+from flame.tracking import ConsoleTracker, JsonlTracker, MultiTracker, Tracker
+from flame.train import checkpoint as ckpt
+from flame.train.data import ShardBatches, plan_shards, shards_of_rank, steps_per_epoch
+from flame.train.distributed import DistContext, all_reduce, cleanup, init_distributed
+from flame.train.optim import build_optimizer, build_scheduler
+from flame.train.precision import autocast, resolve_precision
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "train_summary.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def text_fingerprint_of(store: EmbeddingStore) -> str:
+    """The identity of the frozen text encoder + prompts that produced ``store``."""
+    return str(store.meta.get("encoder_fingerprint") or store.fingerprint)
+
+
+def run_training(
+    config: FlameConfig,
+    shards_dir: str | Path,
+    embeddings_dir: str | Path,
+    out_dir: str | Path,
+    epochs: int | None = None,
+    resume: bool = False,
+    tracker: Tracker | None = None,
+) -> dict[str, Any]:
+    """Train (or with ``resume`` continue) a FlameModel; returns the summary written to
+    ``out_dir/train_summary.json`` (``checkpoint``, ``losses`` per epoch, ...).
+
+    ``epochs`` is where to stop (default ``train.epochs``); the LR schedule spans
+    ``max(epochs, train.epochs)`` epochs, so a run stopped early and resumed follows the
+    same schedule as an uninterrupted one.
+    """
+    ctx = init_distributed()
+    try:
+        return _Trainer(config, Path(shards_dir), Path(embeddings_dir), Path(out_dir), epochs, resume, tracker, ctx).run()
+    finally:
+        cleanup(ctx)
+
+
+class _Trainer:
+    def __init__(self, config, shards_dir, embeddings_dir, out_dir, epochs, resume, tracker, ctx: DistContext):
+        self.config, self.cfg, self.ctx = config, config.train, ctx
+        self.shards_dir, self.out_dir = shards_dir, out_dir
+        self.store = EmbeddingStore.open(embeddings_dir)
+        self.text_fingerprint = text_fingerprint_of(self.store)
+        if self.cfg.positives_per_image > self.store.K:
+            raise FlameError(
+                f"train.positives_per_image={self.cfg.positives_per_image} but the store {self.store.path} "
+                f"holds only K={self.store.K} embeddings per image"
+            )
+        if self.cfg.batch_size % ctx.world_size:
+            raise FlameError(f"train.batch_size={self.cfg.batch_size} is not divisible by {ctx.world_size} processes")
+        self.local_batch = self.cfg.batch_size // ctx.world_size
+        self.target_epochs = epochs or self.cfg.epochs
+        self.resume = resume
+        self.external_tracker = tracker
+        self.loss_fn = get_loss(self.cfg.loss)
+        self.precision = resolve_precision(self.cfg.precision, ctx.device)
+
+    # ---- set-up ---------------------------------------------------------------------
+    def _prepare_data(self) -> None:
+        self.plan = plan_shards(self.shards_dir, self.store, self.cfg.missing_embeddings)
+        self.workers = self.cfg.workers
+        self.steps_per_epoch = steps_per_epoch(self.plan, self.ctx.world_size, max(1, self.workers), self.local_batch)
+        if self.steps_per_epoch == 0:
+            raise FlameError(
+                f"{self.plan.total} usable samples in {self.shards_dir} make no full batch of "
+                f"{self.local_batch} per process and DataLoader worker; lower train.batch_size or train.workers"
+            )
+        self.dataset = ShardBatches(
+            shards_of_rank(self.plan.shards, self.ctx.rank, self.ctx.world_size), self.store.path, self.config.image,
+            batch_size=self.local_batch, positives=self.cfg.positives_per_image, crop_scale=self.cfg.crop_scale,
+            seed=self.cfg.seed, shuffle_buffer=self.cfg.shuffle_buffer, rank=self.ctx.rank,
+        )
+
+    def _loader(self, epoch: int) -> DataLoader:
+        self.dataset.set_epoch(epoch)
+        return DataLoader(
+            self.dataset, batch_size=None, num_workers=self.workers,
+            prefetch_factor=4 if self.workers else None,
+            pin_memory=self.ctx.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
+        )
+
+    def _load_resume_state(self) -> dict | None:
+        exists = ckpt.has_checkpoint(self.out_dir)
+        if exists and not self.resume:
+            raise FlameError(
+                f"{self.out_dir} already holds a training checkpoint; pass --resume to continue it, or choose another --out"
+            )
+        if not (exists and self.resume):
+            if self.resume:
+                log.info("no checkpoint in %s yet: starting from scratch", self.out_dir)
+            return None
+        state = ckpt.load_train_state(self.out_dir)
+        for what, theirs, ours in (
+            ("text encoder fingerprint", state.get("text_fingerprint"), self.text_fingerprint),
+            ("embedding store fingerprint", state.get("store_fingerprint"), self.store.fingerprint),
+        ):
+            if theirs != ours:
+                raise FlameError(
+                    f"refusing to resume {self.out_dir}: it was trained against {what} {theirs}, but "
+                    f"{self.store.path} has {ours}; its text embeddings are not comparable. "
+                    "Train into another --out, or resume with the original embeddings"
+                )
+        return state
+
+    def _build_model(self, state: dict | None) -> None:
+        torch.manual_seed(self.cfg.seed)
+        self.model = FlameModel(
+            self.config.image, self.store.D, text_config=self.config.text.model_dump(mode="json"),
+            text_fingerprint=self.text_fingerprint, text_mode=self.config.text.mode,
+            logit_scale_init=self.cfg.logit_scale_init, logit_bias_init=self.cfg.logit_bias_init,
+        )
+        if state is not None:
+            ckpt.load_model_weights(self.out_dir, self.model)
+        # InfoNCE ignores the bias; DDP needs every trainable parameter to get a gradient.
+        self.model.logit_bias.requires_grad_(self.cfg.loss == "sigmoid")
+        if self.cfg.grad_checkpointing:
+            self.model.visual.set_grad_checkpointing(True)
+        self.model.to(self.ctx.device)
+        self.horizon_epochs = max(self.cfg.epochs, self.target_epochs)
+        if state is not None and state["horizon_epochs"] >= self.target_epochs:
+            self.horizon_epochs = state["horizon_epochs"]
+        elif state is not None:
+            log.warning("extending the LR schedule from %d to %d epochs", state["horizon_epochs"], self.target_epochs)
+        self.optimizer = build_optimizer(self.model, self.cfg)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, self.horizon_epochs * self.steps_per_epoch)
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            ckpt.restore_rng(state["rng"])
+        self.ddp = DistributedDataParallel(self.model) if self.ctx.enabled else self.model
+
+    def _tracker(self):
+        if not self.ctx.is_main:
+            return None
+        jsonl = JsonlTracker(self.out_dir / METRICS_FILE)
+        primary = self.external_tracker or ConsoleTracker(every=self.cfg.log_every_steps)
+        return MultiTracker(primary, jsonl)
+
+    # ---- the loop -------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self._prepare_data()
+        state = self._load_resume_state()
+        self._build_model(state)
+        s = {  # counters that survive a resume
+            "step": 0, "epoch": 0, "step_in_epoch": 0, "epoch_loss_sum": 0.0, "losses": [],
+            "first_loss": None, "last_loss": None, "skipped_corrupt": 0, "epoch_corrupt": 0,
+        }
+        if state is not None:
+            s.update({k: state[k] for k in s})
+            if state["steps_per_epoch"] != self.steps_per_epoch:
+                raise FlameError(
+                    f"refusing to resume {self.out_dir}: the shards now give {self.steps_per_epoch} steps per epoch, "
+                    f"the checkpoint was made with {state['steps_per_epoch']} (data or batch size changed)"
+                )
+        self.s = s
+        resumed_from = s["step"] if state is not None else None
+        tracker = self._tracker()
+        if tracker:
+            tracker.log_params(self.config.to_flat_dict())
+            tracker.set_tags({"text_fingerprint": self.text_fingerprint, "embedding_store": self.store.fingerprint})
+        timing = {"images": 0, "seconds": 0.0, "wait": 0.0}
+        status = "FAILED"
+        try:
+            while s["epoch"] < self.target_epochs:
+                self._run_epoch(tracker, timing)
+            summary = self._summary(timing, resumed_from)
+            if self.ctx.is_main:
+                write_json(self.out_dir / SUMMARY_FILE, summary)
+                tracker.log_metrics({f"train/{k}": float(summary[k]) for k in ("images_per_sec", "data_wait_share")
+                                     if summary[k] is not None}, step=s["step"])
+                tracker.log_artifact(self.out_dir / SUMMARY_FILE)
+            status = "FINISHED"
+        finally:
+            if tracker:
+                tracker.trackers[-1].close(status)  # our JSONL; an external tracker is the caller's to close
+        return summary
+
+    def _next_batch(self, iterator, count: bool = True) -> dict | None:
+        """The next non-empty batch (collecting skip counts on the way), or None at the end."""
+        for batch in iterator:
+            if count:
+                self.s["epoch_corrupt"] += batch["skipped_corrupt"]
+            if batch["keys"]:
+                return batch
+        return None
+
+    def _run_epoch(self, tracker, timing) -> None:
+        s, ctx = self.s, self.ctx
+        epoch = s["epoch"]
+        iterator = iter(self._loader(epoch))
+        to_skip = s["step_in_epoch"]
+        for _ in range(to_skip):  # mid-epoch resume: replay the data order up to where we stopped
+            if self._next_batch(iterator, count=False) is None:
+                break
+        if to_skip == 0:
+            s["epoch_corrupt"] = 0
+        bar = tqdm(total=self.steps_per_epoch, initial=to_skip, desc=f"epoch {epoch + 1}/{self.target_epochs}",
+                   unit="step", disable=not ctx.is_main, dynamic_ncols=True)
+        last = time.perf_counter()
+        while s["step_in_epoch"] < self.steps_per_epoch:
+            batch = self._next_batch(iterator)
+            waited = time.perf_counter() - last
+            have = all_reduce(torch.tensor(int(batch is not None)), ctx, op=torch.distributed.ReduceOp.MIN)
+            if not int(have):
+                break  # a rank ran short (undecodable images): every rank ends the epoch here
+            lr = self.optimizer.param_groups[0]["lr"]
+            loss = self._step(batch)
+            s["step"] += 1
+            s["step_in_epoch"] += 1
+            s["epoch_loss_sum"] += loss
+            s["first_loss"] = loss if s["first_loss"] is None else s["first_loss"]
+            s["last_loss"] = loss
+            now = time.perf_counter()
+            timing["images"] += self.local_batch * ctx.world_size
+            timing["seconds"] += now - last
+            timing["wait"] += waited
+            img_s = self.local_batch * ctx.world_size / max(now - last, 1e-9)
+            bar.set_postfix(img_s=f"{img_s:.1f}", loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            bar.update(1)
+            if tracker and (s["step"] % self.cfg.log_every_steps == 0 or s["step"] == 1):
+                tracker.log_metrics({
+                    "train/loss": loss, "train/lr": lr, "train/img_per_s": img_s,
+                    "train/logit_scale": float(self.model.logit_scale.detach().exp()),
+                    "train/logit_bias": float(self.model.logit_bias.detach()), "train/epoch": epoch,
+                }, step=s["step"])
+            every = self.cfg.checkpoint_every_steps
+            if every and s["step"] % every == 0 and s["step_in_epoch"] < self.steps_per_epoch:
+                self._save()
+            last = time.perf_counter()
+        bar.close()
+        while self._next_batch(iterator) is not None:  # collect skip counts of the remainder
+            pass
+        steps = max(1, s["step_in_epoch"])
+        s["losses"].append(s["epoch_loss_sum"] / steps)
+        s["skipped_corrupt"] = int(all_reduce(torch.tensor(s["epoch_corrupt"]), ctx))
+        s["epoch"] += 1
+        s["step_in_epoch"], s["epoch_loss_sum"] = 0, 0.0
+        if tracker:
+            tracker.log_metrics({"train/epoch_loss": s["losses"][-1], "train/skipped_corrupt": s["skipped_corrupt"],
+                                 "epoch": s["epoch"]}, step=s["step"])
+        self._save()
+
+    def _step(self, batch: dict) -> float:
+        device = self.ctx.device
+        pixels = batch["pixels"].to(device, non_blocking=True)
+        texts = batch["texts"].to(device, non_blocking=True).float()
+        with autocast(self.precision, device):
+            image_features = self.ddp(pixels)
+        loss = self.loss_fn(image_features.float(), texts, self.model.logit_scale, self.model.logit_bias)
+        value = float(all_reduce(loss.detach(), self.ctx)) / self.ctx.world_size
+        if not math.isfinite(value):
+            self._fail_non_finite(f"loss is {value}")
+        loss.backward()
+        if self.cfg.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            if not torch.isfinite(norm):
+                self._fail_non_finite(f"gradient norm is {float(norm)}")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(max=math.log(self.cfg.max_logit_scale))
+        return value
+
+    def _fail_non_finite(self, what: str) -> None:
+        s = self.s
+        kept = (f"the last good checkpoint in {self.out_dir} (step {ckpt.load_train_state(self.out_dir)['step']}) is kept"
+                if ckpt.has_checkpoint(self.out_dir) else "no checkpoint had been written yet")
+        raise FlameError(
+            f"training stopped: {what} at epoch {s['epoch'] + 1}, step {s['step'] + 1}; nothing was saved for this "
+            f"step and {kept}. Lower train.lr or check the embeddings in {self.store.path} for NaN/Inf"
+        )
+
+    def _save(self) -> None:
+        s = self.s
+        if self.ctx.is_main:
+            ckpt.save_checkpoint(self.out_dir, self.model, {
+                **{k: s[k] for k in ("step", "epoch", "step_in_epoch", "epoch_loss_sum", "losses", "first_loss",
+                                     "last_loss", "skipped_corrupt", "epoch_corrupt")},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "steps_per_epoch": self.steps_per_epoch,
+                "horizon_epochs": self.horizon_epochs,
+                "text_fingerprint": self.text_fingerprint,
+                "store_fingerprint": self.store.fingerprint,
+            })
+        if self.ctx.enabled:
+            torch.distributed.barrier()
+
+    def _summary(self, timing: dict, resumed_from: int | None) -> dict[str, Any]:
+        s = self.s
+        seconds = timing["seconds"]
+        return {
+            "checkpoint": str(self.out_dir),
+            "epochs": s["epoch"],
+            "steps": s["step"],
+            "steps_per_epoch": self.steps_per_epoch,
+            "batch_size": self.cfg.batch_size,
+            "world_size": self.ctx.world_size,
+            "samples": self.plan.total,
+            "losses": s["losses"],
+            "first_loss": s["first_loss"],
+            "last_loss": s["last_loss"],
+            "images_per_sec": timing["images"] / seconds if seconds else None,
+            "data_wait_share": timing["wait"] / seconds if seconds else None,
+            "skipped": {"corrupt_images": s["skipped_corrupt"], "missing_embeddings": self.plan.missing},
+            "precision": self.precision,
+            "device": str(self.ctx.device),
+            "text_fingerprint": self.text_fingerprint,
+            "embedding_store": self.store.fingerprint,
+            "resumed_from_step": resumed_from,
+        }
