@@ -90,6 +90,8 @@ class ImageConfig(_Section):
     patch_size: int | None = 8
     pretrained: bool = False
     projector_hidden: int | None = None
+    # Extra timm constructor arguments, e.g. {depth: 2} for a very small test model.
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
@@ -135,6 +137,7 @@ class TrainConfig(_Section):
     checkpoint_every_steps: int = Field(0, ge=0)
     log_every_steps: int = Field(10, ge=1)
     crop_scale: tuple[float, float] = (0.9, 1.0)
+    shuffle_buffer: int = Field(1000, ge=1)
 
 
 class EvalConfig(_Section):
