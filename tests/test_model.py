@@ -1,0 +1,110 @@
+"""FlameModel: image tower shapes, save/load round trip, preprocessing, optimizer
+groups and schedule, and the text-encoder fingerprint guard."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+import flame.model
+from flame.config import repo_root
+from flame.errors import FlameError
+from flame.model import FlameModel
+from flame.model.text_side import check_text_fingerprint
+from flame.train.optim import build_optimizer, warmup_cosine
+from tests.fixtures.train import tiny_train_config
+
+D = 24
+
+
+@pytest.fixture(scope="module")
+def config():
+    return tiny_train_config()
+
+
+@pytest.fixture(scope="module")
+def model(config):
+    torch.manual_seed(0)
+    return FlameModel(config.image, D, text_config=config.text.model_dump(mode="json"), text_fingerprint="fp-a")
+
+
+def test_encode_image_is_normalised_with_llm_width(model):
+    out = model.encode_image(torch.randn(3, 3, 32, 32))
+    assert out.shape == (3, D)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(3))
+
+
+def test_image_tower_drops_prefix_tokens_and_pools_patches(model):
+    # 32 px / patch 8 = 16 patch tokens + 1 class token.
+    tokens = model.visual.backbone.forward_features(torch.randn(1, 3, 32, 32))
+    assert tokens.shape[1] == 17 and model.visual.num_prefix_tokens == 1
+
+
+def test_logit_parameters_start_at_paper_values(model):
+    assert model.logit_scale.exp().item() == pytest.approx(10.0)
+    assert model.logit_bias.item() == pytest.approx(-10.0)
+
+
+def test_save_load_round_trip(model, tmp_path):
+    model.eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    expected = model.encode_image(pixels)
+    model.save(tmp_path, extra={"trained_steps": 3})
+    assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "model_config.json"}
+    loaded = flame.model.load(tmp_path)
+    torch.testing.assert_close(loaded.encode_image(pixels), expected)
+    assert loaded.text_fingerprint == "fp-a"
+    assert loaded.text_mode == "flame"
+    assert loaded.text_config["llm"] == model.text_config["llm"]
+    assert json.loads((tmp_path / "model_config.json").read_text())["trained_steps"] == 3
+
+
+def test_load_refuses_missing_or_corrupt_checkpoint(model, tmp_path):
+    with pytest.raises(FlameError, match="model_config.json is missing"):
+        flame.model.load(tmp_path)
+    model.save(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x80\x02 not safetensors")
+    with pytest.raises(FlameError, match="not a readable safetensors"):
+        flame.model.load(tmp_path)
+
+
+def test_preprocess_gives_square_normalised_tensor(model):
+    image = Image.open(next((repo_root() / "data" / "sample" / "images").glob("*.jpg")))
+    pixels = model.preprocess(image)
+    assert pixels.shape == (3, 32, 32)
+    assert pixels.dtype == torch.float32 and pixels.min() < 0 < pixels.max()
+
+
+def test_fingerprint_mismatch_is_refused_with_reason():
+    check_text_fingerprint("fp-a", "fp-a", "x")
+    with pytest.raises(FlameError, match="trained against fp-a.*has fp-b"):
+        check_text_fingerprint("fp-a", "fp-b", "the configured text encoder")
+
+
+def test_unknown_facet_set_is_a_clear_error(model):
+    with pytest.raises(FlameError, match="facet set 'nope' unknown"):
+        model.encode_text(["a dog"], facet_set="nope")
+
+
+def test_no_weight_decay_on_norms_biases_and_logit_parameters(model, config):
+    groups = build_optimizer(model, config.train).param_groups
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == config.train.weight_decay and groups[1]["weight_decay"] == 0.0
+    for name, param in model.named_parameters():
+        expect = param.ndim >= 2 and "logit_" not in name
+        assert (id(param) in decayed) == expect, name
+    assert groups[0]["betas"] == (0.9, 0.95) and groups[0]["eps"] == 1e-8
+
+
+def test_warmup_then_cosine_schedule():
+    assert warmup_cosine(0, 4, 20, 0.0) == pytest.approx(0.25)
+    assert warmup_cosine(3, 4, 20, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(4, 4, 20, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(12, 4, 20, 0.0) == pytest.approx(0.5)
+    assert warmup_cosine(20, 4, 20, 0.1) == pytest.approx(0.1)
+    mid = warmup_cosine(8, 4, 20, 0.0)
+    assert mid == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))

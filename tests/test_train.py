@@ -1,0 +1,155 @@
+"""The training loop on real img2dataset shards (data/sample slice) with a synthetic
+embedding store: loss, checkpoints, exact resume, and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import flame.model
+from flame.errors import FlameError
+from flame.text.store import EmbeddingStore
+from flame.train import run_training
+from tests.fixtures.train import tiny_train_config, write_synthetic_store
+
+pytestmark = pytest.mark.slow
+
+CONFIG = dict(batch_size=16)  # 64 images -> 4 steps per epoch
+
+
+def _params(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def two_epochs(sample_shards, synthetic_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("two_epochs")
+    return out, run_training(tiny_train_config(**CONFIG), sample_shards, synthetic_store, out)
+
+
+@pytest.fixture(scope="module")
+def one_epoch(sample_shards, synthetic_store, tmp_path_factory):
+    """Stopped after epoch 1 of a 2-epoch schedule."""
+    out = tmp_path_factory.mktemp("one_epoch")
+    return out, run_training(tiny_train_config(**CONFIG), sample_shards, synthetic_store, out, epochs=1)
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(two_epochs):
+    out, summary = two_epochs
+    assert summary["checkpoint"] == str(out)
+    assert summary["epochs"] == 2 and summary["steps"] == 8 and summary["steps_per_epoch"] == 4
+    assert len(summary["losses"]) == 2
+    assert summary["losses"][1] < summary["losses"][0]
+    assert summary["last_loss"] < summary["first_loss"]
+    assert summary["skipped"] == {"corrupt_images": 0, "missing_embeddings": 0}
+    assert summary["images_per_sec"] > 0 and 0 <= summary["data_wait_share"] < 1
+    assert json.loads((out / "train_summary.json").read_text()) == summary
+
+    model = flame.model.load(out)
+    assert model.text_fingerprint == summary["text_fingerprint"] == "synthetic0000001"
+    assert model.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 32)
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    assert state["step"] == 8 and state["epoch"] == 2
+    assert {"optimizer", "scheduler", "rng"} <= set(state)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["metrics"]["train/loss"] for m in metrics if "train/loss" in m.get("metrics", {})]
+    assert len(losses) == 8
+
+
+def test_resume_after_one_epoch_equals_two_uninterrupted_epochs(two_epochs, one_epoch, sample_shards,
+                                                                 synthetic_store, tmp_path):
+    reference, ref_summary = two_epochs
+    first, _ = one_epoch
+    out = Path(shutil.copytree(first, tmp_path / "resumed"))
+    summary = run_training(tiny_train_config(**CONFIG), sample_shards, synthetic_store, out, resume=True)
+    assert summary["resumed_from_step"] == 4 and summary["steps"] == 8
+    assert summary["losses"] == ref_summary["losses"]
+    got, want = _params(out), _params(reference)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6, msg=name)
+    ref_state = torch.load(reference / "train_state.pt", weights_only=True)
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    for idx, slot in ref_state["optimizer"]["state"].items():
+        torch.testing.assert_close(state["optimizer"]["state"][idx]["exp_avg"], slot["exp_avg"], rtol=0, atol=1e-6)
+
+
+def test_existing_checkpoint_needs_resume(one_epoch, sample_shards, synthetic_store):
+    out, _ = one_epoch
+    with pytest.raises(FlameError, match="already holds a training checkpoint; pass --resume"):
+        run_training(tiny_train_config(**CONFIG), sample_shards, synthetic_store, out)
+
+
+def test_resume_against_another_text_encoder_is_refused(one_epoch, sample_shards, tmp_path):
+    out, _ = one_epoch
+    other = write_synthetic_store(tmp_path / "emb", sample_shards, fingerprint="otherencoder0002").path
+    with pytest.raises(FlameError, match="refusing to resume.*fingerprint synthetic0000001.*has otherencoder0002"):
+        run_training(tiny_train_config(**CONFIG), sample_shards, other, out, resume=True)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(one_epoch, sample_shards, synthetic_store, tmp_path):
+    first, _ = one_epoch
+    out = Path(shutil.copytree(first, tmp_path / "run"))
+    store_dir = Path(shutil.copytree(synthetic_store, tmp_path / "emb" / Path(synthetic_store).name))
+    store = EmbeddingStore.open(store_dir)
+    keys, emb = store.read("00000")
+    emb = emb.float().clone()
+    emb[0, 0, 0] = float("nan")  # one poisoned embedding, same store fingerprint
+    store.write("00000", keys, emb)
+    before = _params(out)
+
+    with pytest.raises(FlameError, match=r"non-finite|loss is nan") as err:
+        run_training(tiny_train_config(**CONFIG), sample_shards, store_dir, out, resume=True)
+    assert "last good checkpoint" in str(err.value) and "(step 4)" in str(err.value)
+    after = _params(out)
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+    assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 4
+    flame.model.load(out)
+
+
+def _corrupt_first_image(src: Path, dst: Path) -> str:
+    """Copy a tar shard, replacing its first image's bytes with garbage; returns that key."""
+    bad_key = None
+    with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+        for member in tin:
+            data = tin.extractfile(member).read() if member.isfile() else None
+            if bad_key is None and member.name.endswith(".jpg"):
+                bad_key = member.name.split(".")[0]
+                data = b"\xff\xd8 this is not a jpeg"
+                member.size = len(data)
+            tout.addfile(member, io.BytesIO(data) if data is not None else None)
+    return bad_key
+
+
+@pytest.fixture
+def bad_shards(sample_shards, tmp_path):
+    """The sample shards with one undecodable image in 00000.tar."""
+    out = tmp_path / "shards"
+    shutil.copytree(sample_shards, out, ignore=shutil.ignore_patterns("00000.tar"))
+    _corrupt_first_image(sample_shards / "00000.tar", out / "00000.tar")
+    return out
+
+
+def test_missing_embeddings_are_an_error_naming_examples(bad_shards, tmp_path):
+    store = write_synthetic_store(tmp_path / "emb", bad_shards, drop_keys=3).path
+    with pytest.raises(FlameError, match=r"3 samples in .* have no embeddings .*e\.g\. 00001/"):
+        run_training(tiny_train_config(**CONFIG), bad_shards, store, tmp_path / "out")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_corrupt_images_and_missing_embeddings_are_skipped_and_counted(bad_shards, tmp_path):
+    store = write_synthetic_store(tmp_path / "emb", bad_shards, drop_keys=3).path
+    config = tiny_train_config(missing_embeddings="skip", **CONFIG)
+    summary = run_training(config, bad_shards, store, tmp_path / "out", epochs=1)
+    assert summary["skipped"] == {"corrupt_images": 1, "missing_embeddings": 3}
+    assert summary["samples"] == 61
+    assert summary["steps"] == 3  # 32 - 1 corrupt and 32 - 3 missing -> 31 + 29 usable -> 3 full batches
+    flame.model.load(tmp_path / "out")
