@@ -1,7 +1,8 @@
 """Embedding evaluation images and texts with a model, in batches, with progress bars.
 
 The model is anything with ``preprocess(PIL) -> [3,H,W]``, ``encode_image([B,3,H,W]) -> [B,D]``
-and ``encode_text(texts, facet_set) -> [N,D]`` (a ``flame.model.FlameModel``).
+and ``encode_text(texts, facet_set) -> [N,D]`` (a ``flame.model.FlameModel``). Text
+embeddings are cached on disk by the model's ``text_fingerprint`` (see ``text_cache``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluations.images import read_image
-
+from evaluations.text_cache import TextEmbeddingCache
 
 @torch.inference_mode()
 def embed_images(model, images: Sequence[str], batch_size: int = 64, desc: str = "embedding images") -> torch.Tensor:
@@ -28,13 +29,26 @@ def embed_images(model, images: Sequence[str], batch_size: int = 64, desc: str =
 
 
 @torch.inference_mode()
-def embed_texts(model, texts: Sequence[str], facet_set: str = "raw", batch_size: int = 64, desc: str = "embedding texts") -> torch.Tensor:
+def embed_texts(model, texts: Sequence[str], facet_set: str = "raw", batch_size: int = 64, desc: str = "embedding texts",
+                use_cache: bool = False) -> torch.Tensor:
     """``[N, D]`` float32 embeddings from ``model.encode_text`` (frozen LLM, facet-averaged), L2-normalised."""
-    chunks = []
-    with tqdm(total=len(texts), desc=desc, unit="text") as bar:
-        for start in range(0, len(texts), batch_size):
-            batch = list(texts[start:start + batch_size])
-            emb = model.encode_text(batch, facet_set=facet_set)
-            chunks.append(torch.nn.functional.normalize(emb.float(), dim=-1))
+    texts = list(texts)
+    fingerprint = getattr(model, "text_fingerprint", None)
+    cache = TextEmbeddingCache(fingerprint, facet_set) if use_cache and fingerprint else None
+    found, missing = cache.get(texts) if cache else ({}, list(range(len(texts))))
+    computed = []
+    with tqdm(total=len(texts), initial=len(found), desc=desc, unit="text") as bar:
+        for start in range(0, len(missing), batch_size):
+            batch = [texts[i] for i in missing[start:start + batch_size]]
+            emb = torch.nn.functional.normalize(model.encode_text(batch, facet_set=facet_set).float(), dim=-1)
+            computed.append(emb)
+            if cache:
+                cache.put(batch, emb)
             bar.update(len(batch))
-    return torch.cat(chunks)
+    rows: list[torch.Tensor | None] = [found.get(i) for i in range(len(texts))]
+    if computed:
+        for i, row in zip(missing, torch.cat(computed)):
+            rows[i] = row
+    if not rows:
+        raise ValueError("no texts to embed")
+    return torch.stack(rows)

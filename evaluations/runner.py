@@ -38,19 +38,19 @@ def describe_model(model) -> str:
 
 
 def run_task(model, task: str, data, config: EvalConfig) -> TaskOutput:
-    bs = config.batch_size
+    bs, cache = config.batch_size, config.text_cache
     if task == "retrieval":
-        return evaluate_retrieval(model, data, "raw", bs, config.example_queries)
+        return evaluate_retrieval(model, data, "raw", bs, config.example_queries, cache_texts=cache)
     if task == "long_retrieval":
-        return evaluate_retrieval(model, data, "long", bs, config.example_queries)
+        return evaluate_retrieval(model, data, "long", bs, config.example_queries, cache_texts=cache)
     if task == "multilingual_retrieval":
-        return evaluate_multilingual(model, data, bs)
+        return evaluate_multilingual(model, data, bs, cache)
     if task == "zeroshot_classification":
-        return evaluate_zeroshot(model, data, get_templates(config.templates), bs)
+        return evaluate_zeroshot(model, data, get_templates(config.templates), bs, cache)
     if task == "linear_probe":
         return evaluate_linear_probe(model, data, config.linear_probe_train_per_class, config.linear_probe_c, bs)
     if task == "text_pair_retrieval":
-        return evaluate_text_pairs(model, data, bs)
+        return evaluate_text_pairs(model, data, bs, cache_texts=cache)
     raise FlameError(f"unknown task {task!r}; available: {', '.join(TASK_JSON_NAMES)}")
 
 

@@ -141,6 +141,7 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    # Names from evaluations.registry.BENCHMARKS, or ["all"]; the gate metric lives in registry.
     benchmarks: list[str] = Field(default_factory=lambda: ["sample-dev-retrieval"])
     batch_size: int = Field(64, ge=1)
     templates: Literal["openai", "short"] = "short"
@@ -151,6 +152,9 @@ class EvalConfig(_Section):
     text_pairs_per_file: int = Field(100, ge=1)
     plots: bool = True
     example_queries: int = Field(4, ge=1)
+    # Reuse benchmark text embeddings across checkpoints with the same text encoder fingerprint
+    # ($FLAME_CACHE/eval-text); the frozen LLM makes them identical.
+    text_cache: bool = True
 
 
 class TrackingConfig(_Section):

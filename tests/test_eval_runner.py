@@ -11,9 +11,11 @@ from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
 
 from evaluations import datasets as ds
 from evaluations import runner
+from evaluations.embedding import embed_texts
 from evaluations.images import read_image
 from evaluations.registry import get_benchmark
 from evaluations.templates import SHORT
+from evaluations.text_cache import TextEmbeddingCache
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +51,7 @@ def _loader(model, images, targets, batch_size=4):
 
 
 def test_retrieval_matches_clip_benchmark_on_the_same_model(eval_model, eval_config, tmp_path):
-    n = 6
+    n = 5
     result = runner.evaluate_benchmark(eval_model, "sample-dev-retrieval", tmp_path, eval_config.eval, limit=n, pretrained="fresh")
     assert set(result) >= {"dataset", "model", "pretrained", "task", "metrics"}
     assert result["dataset"] == "sample-dev-retrieval" and result["task"] == "zeroshot_retrieval"
@@ -143,3 +145,18 @@ def test_flame_evaluate_cli_all_and_manifest_errors(eval_checkpoint, eval_manife
 
     assert main(["evaluate", "--checkpoint", str(eval_checkpoint), "--benchmark", "nope", "--out", str(bad)]) == 2
     assert "available: sample-dev-retrieval" in capsys.readouterr().err
+
+
+def test_text_embeddings_are_cached_per_fingerprint(eval_model, eval_text_cache):
+    texts = ["a dog runs on the beach", "二人の子供が公園で遊んでいる"]
+    first = embed_texts(eval_model, texts, "raw", use_cache=True)
+    cache = TextEmbeddingCache(eval_model.text_fingerprint, "raw")
+    assert cache.path.parent == eval_text_cache / eval_model.text_fingerprint
+    found, missing = cache.get(texts)
+    assert missing == [] and torch.equal(torch.stack([found[0], found[1]]), first)
+    assert torch.allclose(embed_texts(eval_model, texts, "raw", use_cache=False), first, atol=1e-5)
+    # A damaged cache file is ignored (and rebuilt), never trusted.
+    cache.path.write_bytes(b"garbage")
+    assert TextEmbeddingCache(eval_model.text_fingerprint, "raw").get(texts)[1] == [0, 1]
+    assert torch.allclose(embed_texts(eval_model, texts, "raw", use_cache=True), first, atol=1e-5)
+    assert TextEmbeddingCache(eval_model.text_fingerprint, "raw").get(texts)[1] == []

@@ -16,13 +16,13 @@ from evaluations.tasks import TaskOutput
 KEYS = ("image_retrieval_recall@1", "text_retrieval_recall@1", "mean_recall@1")
 
 
-def evaluate_multilingual(model, data: MultilingualSet, batch_size: int = 64) -> TaskOutput:
+def evaluate_multilingual(model, data: MultilingualSet, batch_size: int = 64, cache_texts: bool = False) -> TaskOutput:
     image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
     metrics: dict[str, float] = {}
     per_language: dict[str, dict] = {}
     for lang in data.languages:
         used, subset = data.for_language(lang)
-        text_emb = embed_texts(model, subset.texts, "raw", batch_size, desc=f"{data.name}: {lang} texts")
+        text_emb = embed_texts(model, subset.texts, "raw", batch_size, desc=f"{data.name}: {lang} texts", use_cache=cache_texts)
         m = retrieval_metrics(image_emb[used], text_emb, subset.text_to_image, ks=(1,))
         for key in KEYS:
             metrics[f"{lang}_{key}"] = m[key]

@@ -20,10 +20,11 @@ def evaluate_retrieval(
     batch_size: int = 64,
     n_examples: int = 4,
     image_emb: torch.Tensor | None = None,
+    cache_texts: bool = False,
 ) -> TaskOutput:
     if image_emb is None:
         image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
-    text_emb = embed_texts(model, data.texts, facet_set, batch_size, desc=f"{data.name}: texts ({facet_set})")
+    text_emb = embed_texts(model, data.texts, facet_set, batch_size, desc=f"{data.name}: texts ({facet_set})", use_cache=cache_texts)
     metrics = retrieval_metrics(image_emb, text_emb, data.text_to_image)
     details = {
         "n_images": len(data.images),

@@ -19,15 +19,15 @@ FACET_SETS = ("raw", "long")
 KS = (1, 5)
 
 
-def evaluate_text_pairs(model, sets: list[TextPairSet], batch_size: int = 64, facet_sets=FACET_SETS) -> TaskOutput:
+def evaluate_text_pairs(model, sets: list[TextPairSet], batch_size: int = 64, facet_sets=FACET_SETS, cache_texts: bool = False) -> TaskOutput:
     metrics: dict[str, float] = {}
     details: dict = {"sources": {}}
     for pairs in sets:
         n = len(pairs.queries)
         details["sources"][pairs.name] = {"n_pairs": n}
         for facet_set in facet_sets:
-            q = embed_texts(model, pairs.queries, facet_set, batch_size, desc=f"{pairs.name}: queries ({facet_set})")
-            t = embed_texts(model, pairs.targets, facet_set, batch_size, desc=f"{pairs.name}: targets ({facet_set})")
+            q = embed_texts(model, pairs.queries, facet_set, batch_size, desc=f"{pairs.name}: queries ({facet_set})", use_cache=cache_texts)
+            t = embed_texts(model, pairs.targets, facet_set, batch_size, desc=f"{pairs.name}: targets ({facet_set})", use_cache=cache_texts)
             # Targets play the images: "image_retrieval" is query -> target, "text_retrieval" target -> query.
             m = retrieval_metrics(t, q, list(range(n)), ks=KS)
             for k in KS:

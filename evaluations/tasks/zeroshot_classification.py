@@ -12,17 +12,17 @@ from evaluations.tasks import TaskOutput
 from evaluations.templates import fill
 
 
-def class_embeddings(model, classnames: list[str], templates, batch_size: int = 64) -> torch.Tensor:
+def class_embeddings(model, classnames: list[str], templates, batch_size: int = 64, cache_texts: bool = False) -> torch.Tensor:
     """``[C, D]``: per class, the normalised mean of its normalised template embeddings."""
     prompts = [p for name in classnames for p in fill(templates, name)]
-    emb = embed_texts(model, prompts, "raw", batch_size, desc="class prompts")
+    emb = embed_texts(model, prompts, "raw", batch_size, desc="class prompts", use_cache=cache_texts)
     emb = emb.view(len(classnames), len(templates), -1).mean(dim=1)
     return torch.nn.functional.normalize(emb, dim=-1)
 
 
-def evaluate_zeroshot(model, data: ClassificationSet, templates, batch_size: int = 64) -> TaskOutput:
+def evaluate_zeroshot(model, data: ClassificationSet, templates, batch_size: int = 64, cache_texts: bool = False) -> TaskOutput:
     image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
-    classifier = class_embeddings(model, data.classnames, templates, batch_size)
+    classifier = class_embeddings(model, data.classnames, templates, batch_size, cache_texts)
     logits = image_emb @ classifier.T
     metrics = classification_metrics(logits, data.labels)
     details = {"n_images": len(data.images), "n_classes": len(data.classnames), "n_templates": len(templates)}
