@@ -139,6 +139,8 @@ def log_flame_model(config: FlameConfig, checkpoint_dir: str | Path, run_id: str
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        was_running = run_id is not None and client.get_run(run_id).info.status == "RUNNING"
         if run_id is None:
             mlflow.set_experiment(experiment_name(config))
         with mlflow.start_run(run_id=run_id):
@@ -149,6 +151,8 @@ def log_flame_model(config: FlameConfig, checkpoint_dir: str | Path, run_id: str
                 signature=model_signature(),
                 pip_requirements=PIP_REQUIREMENTS,
             )
+        if was_running:  # leaving start_run() ended the run; its owner (a tracker) is still logging
+            client.update_run(run_id, status="RUNNING")
         return info.model_uri
     finally:
         mlflow.set_tracking_uri(previous)

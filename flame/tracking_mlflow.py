@@ -202,7 +202,10 @@ class MlflowTracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close("FAILED" if exc_type else "FINISHED")
+        if exc_type is None:
+            self.close("FINISHED")
+        else:
+            self.close("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
 
 
 def tracker_from_config(config: FlameConfig, **kwargs) -> MlflowTracker:

@@ -30,6 +30,7 @@ def logged_model(mlflow_server, untrained_checkpoint):
     cfg = load_config(overrides={"tracking": {"tracking_uri": mlflow_server, "experiment": "test-pyfunc"}})
     with MlflowTracker(cfg) as tracker:
         model_uri = tracker.log_model(untrained_checkpoint)
+        assert tracker.client.get_run(tracker.run_id).info.status == "RUNNING"  # still the tracker's
     mlflow.set_tracking_uri(mlflow_server)
     try:
         return mlflow.models.get_model_info(model_uri), tracker.run_id
