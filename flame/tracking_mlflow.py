@@ -137,11 +137,18 @@ class MlflowTracker:
     # -- Tracker interface --------------------------------------------------------------
 
     def log_params(self, params: dict[str, Any]) -> None:
+        """Log new params; MLflow refuses to change a logged value, so a value that differs
+        (a resumed training with an override) is recorded as tag ``flame.param_changed.<key>``."""
         from mlflow.entities import Param
 
-        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        logged = self.client.get_run(self.run_id).data.params
+        new = {k: _param_value(v) for k, v in params.items()}
+        items = [Param(k, v) for k, v in new.items() if k not in logged]
+        changed = {f"flame.param_changed.{k}": v for k, v in new.items() if k in logged and logged[k] != v}
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+        if changed:
+            self.set_tags(changed)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import time

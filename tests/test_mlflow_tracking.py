@@ -45,8 +45,13 @@ def test_resumed_training_continues_the_same_run(tracking_config):
     first.close("KILLED")
     again = MlflowTracker(tracking_config, run_id=first.run_id)
     again.log_metrics({"train/loss": 2.0}, step=1)
+    # A resumed training logs its (possibly overridden) config again: no error, changes kept as tags.
+    again.log_params({**tracking_config.to_flat_dict(), "train.epochs": 99})
     again.close()
     client = MlflowClient(tracking_uri=tracking_config.tracking.tracking_uri)
+    run = client.get_run(first.run_id)
+    assert run.data.params["train.epochs"] == str(tracking_config.train.epochs)
+    assert run.data.tags["flame.param_changed.train.epochs"] == "99"
     assert len(client.get_metric_history(first.run_id, "train/loss")) == 2
     assert client.get_run(first.run_id).info.status == "FINISHED"
     assert len(client.search_runs([first.experiment_id])) == 1
