@@ -164,30 +164,37 @@ def image_shards(context: AssetExecutionContext, flame_config: FlameConfigResour
 @asset(partitions_def=DATA_SHARDS, group_name=DATA_GROUP, deps=[image_shards], kinds={"safetensors"},
        description="The shard's captions embedded by the frozen LLM (all facets, L2-normalised, fp16).")
 def caption_embeddings(context: AssetExecutionContext, flame_config: FlameConfigResource, storage: StorageResource) -> MaterializeResult:
-    from flame.text.embed import embed_shard_files
+    from flame.text.embed import InputShard, ShardEmbedder, store_meta
+    from flame.text.encoder import TextEncoder
+    from flame.text.store import EmbeddingStore
 
     config = flame_config.load()
     paths = storage.paths(config)
-    shard = paths.shard(context.partition_key)
+    key = context.partition_key
+    shard = paths.shard(key)
     if not shard.is_file():
-        raise FlameError(f"{shard}: image shard missing; materialise image_shards [{context.partition_key}] first")
+        raise FlameError(f"{shard}: image shard missing; materialise image_shards [{key}] first")
     start = time.monotonic()
-    result = embed_shard_files(config, [shard], paths.embeddings)
+    encoder = TextEncoder.from_config(config.text)
+    store = EmbeddingStore.create(paths.embeddings, store_meta(encoder, config.text))
+    # Always (re)computed: this partition is being materialised because its shard is new or changed.
+    result = ShardEmbedder(encoder, config.text).embed(InputShard(key, shard))
+    store.write(key, result.keys, result.embeddings, result.stats)
     seconds = time.monotonic() - start
-    store = result["store"]
-    stats = result["shards"].get(context.partition_key, {})
-    samples = int(stats.get("samples", 0))
-    texts = int(stats.get("texts", samples))
+    stats = result.stats
     return MaterializeResult(
         metadata={
-            "store": MetadataValue.path(str(store)),
-            "count": samples,
-            "texts": texts,
-            "K": int(result["K"]),
-            "D": int(result["D"]),
+            "store": MetadataValue.path(str(store.path)),
+            "fingerprint": store.fingerprint,
+            "count": len(result.keys),
+            "K": store.K,
+            "D": store.D,
+            "prompts": int(stats.get("prompts", 0)),
+            "tokens": int(stats.get("tokens", 0)),
+            "truncated": int(stats.get("truncated", 0)),
+            "skipped_empty": int(stats.get("skipped_empty", 0)),
             "seconds": round(seconds, 2),
-            "texts_per_second": round(texts / seconds, 2) if seconds > 0 else 0.0,
-            "skipped": int(stats.get("skipped", 0)),
+            "prompts_per_second": round(stats.get("prompts", 0) / seconds, 2) if seconds > 0 else 0.0,
         }
     )
 

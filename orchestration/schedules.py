@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dagster import ScheduleDefinition
 
+from flame.config import FlameConfig
 from orchestration.assets import definition_config
 from orchestration.jobs import train_job
 
-retrain_schedule = ScheduleDefinition(
-    name="retrain",
-    job=train_job,
-    cron_schedule=definition_config().orchestration.retrain_cron,
-    execution_timezone="UTC",
-    description="Retrain, evaluate and register on all data shards (cron: orchestration.retrain_cron).",
-)
+def retrain_schedule_for(config: FlameConfig) -> ScheduleDefinition:
+    return ScheduleDefinition(
+        name="retrain",
+        job=train_job,
+        cron_schedule=config.orchestration.retrain_cron,
+        execution_timezone="UTC",
+        description="Retrain, evaluate and register on all data shards (cron: orchestration.retrain_cron).",
+    )
+
+
+retrain_schedule = retrain_schedule_for(definition_config())

@@ -74,7 +74,7 @@ def loss_plot(losses: list[float], target: Path) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(range(1, len(losses) + 1), losses)
-    ax.set_xlabel("logged step")
+    ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
     fig.tight_layout()
     with atomic_path(target, suffix=".png") as tmp:
@@ -89,13 +89,11 @@ def summary_metadata(summary: dict, seconds: float, run: dict | None) -> dict:
         "checkpoint": str(summary.get("checkpoint", "")),
         "seconds": round(seconds, 1),
     }
-    for key in ("steps", "epochs", "samples", "samples_per_second", "final_loss", "seen_samples"):
+    for key in ("steps", "epochs", "samples", "images_per_sec", "first_loss", "last_loss", "world_size"):
         if isinstance(summary.get(key), (int, float)):
             meta[key] = summary[key]
     if losses:
-        meta["first_loss"] = losses[0]
-        meta["last_loss"] = losses[-1]
-        meta["loss_decreased"] = losses[-1] < losses[0]
+        meta["epoch_losses"] = losses
     if run:
         meta["mlflow_run_id"] = run["run_id"]
         meta["mlflow_experiment_id"] = run["experiment_id"]
@@ -130,7 +128,7 @@ def run(args: argparse.Namespace, pipes=None) -> dict:
     run_info = None
     if mlflow_tracker is not None:
         plot = loss_plot([float(x) for x in summary.get("losses") or []], out / "loss.png")
-        for path in (plot, out / "train_summary.json", out / "model_config.json"):
+        for path in (plot, out / "model_config.json"):
             if path is not None and path.is_file():
                 mlflow_tracker.log_artifact(path, "training")
         mlflow_tracker.close("FINISHED")

@@ -1,0 +1,164 @@
+"""The end-to-end demo, through Dagster: ``python -m orchestration.demo`` (``flame demo``, ``make demo``).
+
+Registers the configured manifests' data shards as partitions, materialises the data
+assets of every shard not yet embedded, then trains, evaluates and registers, all
+in-process against a persistent Dagster instance (``$DAGSTER_HOME``, default
+``.dagster_home/`` in the repo) so the runs show up in the Dagster UI afterwards.
+The last line printed is one JSON object (see ``summary_line``).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from flame.config import load_config, repo_root
+from flame.errors import FlameError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m orchestration.demo", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=None, help="path to params.yaml (default: the project's)")
+    p.add_argument("--profile", default=None, help="configuration profile (default: params.yaml's, i.e. tiny)")
+    p.add_argument("--dagster-home", default=None,
+                   help="Dagster instance folder (default: $DAGSTER_HOME, else .dagster_home in the repo)")
+    p.add_argument("--storage-root", default=None, help="where assets are written (default: orchestration.storage_root)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: tracking.tracking_uri, sqlite:///mlflow.db)")
+    return p
+
+
+def _ok(result, what: str) -> None:
+    """Turn a failed run into one clear error naming the step and its error."""
+    if result.success:
+        return
+    failures = [
+        f"{e.step_key}: {e.event_specific_data.error.message.strip()}"
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE" and e.event_specific_data and e.event_specific_data.error
+    ]
+    detail = "; ".join(failures) or "see the run's logs in the Dagster UI"
+    raise FlameError(f"{what} failed (run {result.run_id}): {detail}")
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    from dagster import AssetKey, AssetSelection, DagsterInstance, PipesSubprocessClient, materialize
+
+    from orchestration.checks import ALL_CHECKS
+    from orchestration.definitions import ASSETS
+    from orchestration.jobs import INGEST_ASSETS, MODEL_ASSETS
+    from orchestration.partitions import DATA_SHARDS, discover_chunks
+    from orchestration.resources import FlameConfigResource, MlflowResource, StorageResource
+
+    started = time.monotonic()
+    params = str(Path(args.config).resolve()) if args.config else str(repo_root() / "params.yaml")
+    config = load_config(params, args.profile)
+    resources = {
+        "flame_config": FlameConfigResource(params_path=params, profile=config.profile),
+        "mlflow": MlflowResource(tracking_uri=args.tracking_uri or ""),
+        "storage": StorageResource(root=args.storage_root or ""),
+        "pipes_subprocess_client": PipesSubprocessClient(),
+    }
+    instance = DagsterInstance.get()
+    keys = [c.key for c in discover_chunks(config)]
+    known = set(instance.get_dynamic_partitions(DATA_SHARDS.name))
+    instance.add_dynamic_partitions(DATA_SHARDS.name, [k for k in keys if k not in known])
+    done = instance.get_materialized_partitions(AssetKey("caption_embeddings"))
+    todo = [k for k in keys if k not in done]
+    steps: dict[str, float] = {}
+    assets = ASSETS + ALL_CHECKS
+    print(f"demo: {len(keys)} data shards ({len(todo)} new) from {', '.join(config.orchestration.manifests)}", flush=True)
+    for key in todo:
+        t = time.monotonic()
+        _ok(materialize(assets, instance=instance, resources=resources, partition_key=key,
+                        selection=AssetSelection.assets(*INGEST_ASSETS), tags={"flame/demo": "1"},
+                        raise_on_error=False),
+            f"ingesting data shard {key}")
+        steps[f"ingest {key}"] = round(time.monotonic() - t, 1)
+    t = time.monotonic()
+    result = materialize(assets, instance=instance, resources=resources,
+                         selection=AssetSelection.assets(*MODEL_ASSETS), tags={"flame/demo": "1"},
+                         raise_on_error=False)
+    _ok(result, "train -> evaluate -> register")
+    steps["train+evaluate+register"] = round(time.monotonic() - t, 1)
+
+    def meta(key: str) -> dict:
+        event = instance.get_latest_materialization_event(AssetKey(key))
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+    durations = {}
+    for record in result.all_events:
+        if record.event_type_value == "STEP_SUCCESS":
+            durations[record.step_key] = round(record.event_specific_data.duration_ms / 1000, 1)
+    model, scored, registered = meta("flame_model"), meta("evaluation"), meta("registered_model")
+    storage_root = resources["storage"].base(config)
+    tracking_uri = resources["mlflow"].uri(config)
+    return {
+        "config": config,
+        "keys": keys,
+        "steps": {**steps, **{f"  {k}": v for k, v in durations.items()}},
+        "storage_root": storage_root,
+        "tracking_uri": tracking_uri,
+        "model": model,
+        "evaluation": scored,
+        "registered": registered,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def report(out: dict, dagster_home: str) -> str:
+    """Print what was produced and how to look at it; return the closing JSON line."""
+    reg, model, ev = out["registered"], out["model"], out["evaluation"]
+    root = out["storage_root"]
+    print("\n=== FLAME demo: produced ===")
+    print(f"data shards          {len(out['keys'])}: {root / 'shards'}")
+    print(f"caption embeddings   {root / 'embeddings'}")
+    print(f"checkpoint           {model['checkpoint']}  (flame.model.load)")
+    print(f"training             {model.get('steps')} steps, epoch losses {model.get('epoch_losses')}")
+    print(f"evaluation           {ev['result']}")
+    for name, value in sorted(ev["metrics"].items()):
+        if "chance" not in name:
+            print(f"    {name:50s} {value:.4f}")
+    print(f"MLflow run           {model.get('mlflow_run', model.get('mlflow_run_id'))}")
+    print(f"registered model     {reg['registered_model']} v{reg['version']} aliases {reg['aliases']} ({reg['decision']}: {reg['reason']})")
+    print("time per step (s):")
+    for name, seconds in out["steps"].items():
+        print(f"    {name:40s} {seconds}")
+    print("\nOpen the UIs:")
+    print(f"  DAGSTER_HOME={dagster_home} {Path(sys.executable).parent / 'dagster'} dev -m orchestration.definitions")
+    print(f"  {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {out['tracking_uri']}")
+    line = {
+        "registered_model": reg["registered_model"],
+        "version": int(reg["version"]),
+        "aliases": list(reg["aliases"]),
+        "checkpoint": str(model["checkpoint"]),
+        "metrics": {k: v for k, v in ev["metrics"].items()},
+        "seconds": out["seconds"],
+    }
+    return json.dumps(line, sort_keys=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.dagster_home:
+        os.environ["DAGSTER_HOME"] = str(Path(args.dagster_home).resolve())
+    os.environ.setdefault("DAGSTER_HOME", str(repo_root() / ".dagster_home"))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    # The Definitions read these too, so the Dagster UI started afterwards shows the same setup.
+    if args.config:
+        os.environ["FLAME_CONFIG"] = str(Path(args.config).resolve())
+    if args.profile:
+        os.environ["FLAME_PROFILE"] = args.profile
+    try:
+        out = run_demo(args)
+    except FlameError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 2
+    print(report(out, os.environ["DAGSTER_HOME"]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Dagster definitions, partitions, schedule and sensor (fast: no download, LLM or training)."""
+
+import json
+
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    build_schedule_context,
+    build_sensor_context,
+    multiprocess_executor,
+)
+
+from flame.config import load_config
+from flame.errors import FlameError
+from tests.fixtures.orchestration import write_slice
+
+PIPELINE = ["manifest", "image_shards", "caption_embeddings", "flame_model", "evaluation", "registered_model"]
+
+
+def test_one_definitions_object_with_the_whole_graph():
+    from orchestration.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == set(PIPELINE)
+    # The chain, each asset depending on the one before it.
+    for parent, child in zip(PIPELINE, PIPELINE[1:]):
+        assert AssetKey(parent) in graph.get(AssetKey(child)).parent_keys
+    partitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is not None}
+    assert partitioned == {"manifest", "image_shards", "caption_embeddings"}
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert {("image_shards", "download_success_rate"), ("caption_embeddings", "embeddings_valid"),
+            ("flame_model", "training_loss_decreased"), ("evaluation", "evaluation_above_chance")} <= checks
+    blocking = {k.name for k in graph.asset_check_keys if graph.get_check_spec(k).blocking}
+    assert {"download_success_rate", "embeddings_valid", "training_loss_decreased", "evaluation_above_chance"} <= blocking
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"ingest_data_shard", "train_evaluate_register"}
+    assert defs.resolve_schedule_def("retrain").cron_schedule == load_config().orchestration.retrain_cron
+    assert defs.resolve_sensor_def("new_manifest") is not None
+
+
+def test_data_shards_cut_manifests_into_partition_keys(orchestration_env):
+    from orchestration.partitions import chunk_for_key, discover_chunks
+
+    config = orchestration_env["resources"]["flame_config"].load()
+    chunks = discover_chunks(config)
+    assert [c.key for c in chunks] == ["slice-00000", "slice-00001"]
+    assert [(c.start, c.stop) for c in chunks] == [(0, 16), (16, 32)]
+    write_slice(orchestration_env["incoming"] / "new batch.jsonl", 40, 20)
+    keys = [c.key for c in discover_chunks(config)]
+    assert keys == ["slice-00000", "slice-00001", "new_batch-00000", "new_batch-00001"]
+    assert chunk_for_key(config, "new_batch-00001").stop == 20
+    with pytest.raises(FlameError, match="no-such-00000"):
+        chunk_for_key(config, "no-such-00000")
+
+
+def test_manifests_with_the_same_name_are_refused(orchestration_env):
+    from orchestration.partitions import discover_chunks
+
+    config = orchestration_env["resources"]["flame_config"].load()
+    write_slice(orchestration_env["incoming"] / "slice.jsonl", 40, 4)
+    with pytest.raises(FlameError, match="share the name 'slice'"):
+        discover_chunks(config)
+
+
+def test_schedule_tick_requests_a_training_run(orchestration_env):
+    from orchestration.schedules import retrain_schedule_for
+
+    config = orchestration_env["resources"]["flame_config"].load()
+    schedule = retrain_schedule_for(config)
+    assert schedule.cron_schedule == "15 4 * * *"  # the test profile's orchestration.retrain_cron
+    with DagsterInstance.ephemeral() as instance:
+        requests = schedule.evaluate_tick(build_schedule_context(instance=instance)).run_requests
+    assert len(requests) == 1
+    assert requests[0].job_name in (None, "train_evaluate_register")
+
+
+def test_sensor_turns_a_new_manifest_into_partitions_and_ingest_runs(orchestration_env):
+    from orchestration.partitions import DATA_SHARDS
+    from orchestration.sensors import new_manifest_sensor
+
+    resources = {"flame_config": orchestration_env["resources"]["flame_config"]}
+    with DagsterInstance.ephemeral() as instance:
+        empty = new_manifest_sensor(build_sensor_context(instance=instance, resources=resources))
+        assert isinstance(empty, SkipReason)
+
+        landed = write_slice(orchestration_env["incoming"] / "batch2.jsonl", 100, 20)
+        result = new_manifest_sensor(build_sensor_context(instance=instance, resources=resources))
+        assert isinstance(result, SensorResult)
+        (added,) = result.dynamic_partitions_requests
+        assert added.partitions_def_name == DATA_SHARDS.name
+        assert list(added.partition_keys) == ["batch2-00000", "batch2-00001"]
+        assert [(r.job_name, r.partition_key) for r in result.run_requests] == [
+            ("ingest_data_shard", "batch2-00000"), ("ingest_data_shard", "batch2-00001")]
+        instance.add_dynamic_partitions(DATA_SHARDS.name, list(added.partition_keys))
+
+        # Same files, cursor carried over: nothing new, and no embeddings yet, so no training either.
+        again = new_manifest_sensor(build_sensor_context(instance=instance, cursor=result.cursor, resources=resources))
+        assert isinstance(again, SkipReason)
+
+        # The manifest changes: its shards are re-ingested under new run keys, no new partitions.
+        landed.write_text(landed.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+        changed = new_manifest_sensor(build_sensor_context(instance=instance, cursor=result.cursor, resources=resources))
+        assert not changed.dynamic_partitions_requests or not list(changed.dynamic_partitions_requests[0].partition_keys)
+        assert [r.partition_key for r in changed.run_requests] == ["batch2-00000"]
+        assert changed.run_requests[0].run_key != result.run_requests[0].run_key
+        assert json.loads(changed.cursor) != json.loads(result.cursor)
+
+
+def test_executor_is_configuration(orchestration_env):
+    from orchestration.executors import executor_from_config
+
+    config = orchestration_env["resources"]["flame_config"].load()
+    config.orchestration.executor = "multiprocess"
+    config.orchestration.executor_config = {"max_concurrent": 2}
+    executor = executor_from_config(config)
+    assert executor.name == multiprocess_executor.name
+    config.orchestration.executor = "dagster:multiprocess_executor"
+    config.orchestration.executor_config = {}
+    assert executor_from_config(config) is multiprocess_executor
+    config.orchestration.executor = "dagster_k8s_not_installed:k8s_job_executor"
+    with pytest.raises(FlameError, match="dagster_k8s_not_installed:k8s_job_executor"):
+        executor_from_config(config)
+    config.orchestration.executor = "kubernetes"
+    with pytest.raises(FlameError, match="orchestration.executor='kubernetes'"):
+        executor_from_config(config)
+
+
+def test_training_launcher_is_configuration(orchestration_env):
+    import sys
+
+    from orchestration.assets import _launcher
+
+    config = orchestration_env["resources"]["flame_config"].load()
+    assert _launcher(config) == [sys.executable]
+    config.orchestration.train_launcher = ["torchrun", "--nnodes=2", "--nproc_per_node=8"]
+    launcher = _launcher(config)
+    assert launcher[0].endswith("torchrun") and launcher[1:] == ["--nnodes=2", "--nproc_per_node=8"]
+
+
+def test_relative_mlflow_store_is_the_repo_root():
+    from flame.config import repo_root
+    from orchestration.resources import absolute_tracking_uri
+
+    assert absolute_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{repo_root() / 'mlflow.db'}"
+    assert absolute_tracking_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_evaluation_chance_pairs():
+    from orchestration.checks import chance_pairs
+
+    metrics = {"b/mean_recall@5": 0.3, "b/chance_mean_recall@5": 0.05, "b/other": 1.0}
+    assert chance_pairs(metrics) == {"b/mean_recall@5": (0.3, 0.05)}
