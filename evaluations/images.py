@@ -34,6 +34,8 @@ def read_image(ref: str) -> Image.Image:
         try:
             with urllib.request.urlopen(ref, timeout=URL_TIMEOUT_S) as resp:
                 data = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise OSError(f"cannot fetch: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, TimeoutError, ValueError) as exc:
             raise OSError(f"cannot fetch: {getattr(exc, 'reason', exc)}") from None
         source = io.BytesIO(data)

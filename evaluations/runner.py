@@ -15,7 +15,7 @@ from evaluations import datasets as ds
 from evaluations.images import check_images
 from evaluations.plots import metric_bars, retrieval_grid
 from evaluations.registry import BENCHMARKS, get_benchmark
-from evaluations.tasks import TASK_JSON_NAMES, TaskOutput
+from evaluations.tasks import MANIFEST_TASKS, TASK_JSON_NAMES, TaskOutput
 from evaluations.tasks.linear_probe import evaluate_linear_probe
 from evaluations.tasks.multilingual_retrieval import evaluate_multilingual
 from evaluations.tasks.retrieval import evaluate_retrieval
@@ -27,7 +27,6 @@ from flame.errors import FlameError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_TASKS = ("zeroshot_classification", "retrieval", "long_retrieval", "multilingual_retrieval", "linear_probe")
 IMAGE_TASKS = set(MANIFEST_TASKS)
 
 

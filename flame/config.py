@@ -149,7 +149,7 @@ class EvalConfig(_Section):
     linear_probe_train_per_class: int = Field(3, ge=1)
     linear_probe_c: float = Field(1.0, gt=0)
     # iiw-long-text: description pairs read from each source file (the LLM encodes 2 texts x 2 prompt sets per pair).
-    text_pairs_per_file: int = Field(100, ge=1)
+    text_pairs_per_file: int = Field(50, ge=1)
     plots: bool = True
     example_queries: int = Field(4, ge=1)
     # Reuse benchmark text embeddings across checkpoints with the same text encoder fingerprint

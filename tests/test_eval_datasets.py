@@ -142,3 +142,29 @@ def test_missing_and_corrupt_images_are_listed_or_skipped(eval_manifest, tmp_pat
 def test_linear_probe_split_is_fixed_per_class():
     train, test = fixed_split([0, 0, 1, 0, 1, 1, 0, 1], train_per_class=2)
     assert train == [0, 1, 2, 4] and test == [3, 5, 6, 7]
+
+
+def test_images_by_url_from_a_local_http_server(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    src = repo_root() / "data" / "sample" / json.loads(SAMPLE_DEV.read_text(encoding="utf-8").splitlines()[0])["url"]
+    (tmp_path / "ok.jpg").write_bytes(src.read_bytes())
+    (tmp_path / "page.html").write_text("<html>not an image</html>", encoding="utf-8")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        urls = [f"{base}/ok.jpg", f"{base}/absent.jpg", f"{base}/page.html", f"file://{tmp_path / 'ok.jpg'}"]
+        manifest = tmp_path / "urls.jsonl"
+        manifest.write_text("\n".join(json.dumps({"image": u, "captions": [f"c{i}"]}) for i, u in enumerate(urls)), encoding="utf-8")
+        data = ds.load_retrieval(manifest)
+        check = check_images(data.images, skip_missing=True)
+    finally:
+        server.shutdown()
+    assert check.ok == [0, 3]
+    reasons = dict(check.failed)
+    assert "404" in reasons[f"{base}/absent.jpg"] and "not a readable image" in reasons[f"{base}/page.html"]

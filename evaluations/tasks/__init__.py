@@ -21,6 +21,9 @@ class TaskOutput:
     examples: RetrievalExamples | None = None
 
 
+# What a user's manifest can be scored with (``flame evaluate --manifest ... --task``).
+MANIFEST_TASKS = ("zeroshot_classification", "retrieval", "long_retrieval", "multilingual_retrieval", "linear_probe")
+
 # The user-facing task names (``--task``) and the ``task`` written in result JSON, which is
 # CLIP_benchmark's name where it has one.
 TASK_JSON_NAMES = {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "evaluate a checkpoint on benchmarks (zero-shot, retrieval, long, multilingual, linear probe) or a manifest"
+from evaluations.tasks import MANIFEST_TASKS as TASKS
 
-TASKS = ("zeroshot_classification", "retrieval", "long_retrieval", "multilingual_retrieval", "linear_probe")
+HELP = "evaluate a checkpoint on benchmarks (zero-shot, retrieval, long, multilingual, linear probe) or a manifest"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
