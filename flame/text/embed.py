@@ -39,12 +39,16 @@ class InputShard:
             yield from iter_jsonl(self.path, self.name)
 
 
-def iter_jsonl(path: Path, shard: str) -> Iterator[ShardSample]:
-    """Samples of a JSONL manifest; key = its ``key`` field, else the zero-padded record index."""
+def _check_utf8(path: Path) -> str:
     try:
-        text = path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FlameError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def iter_jsonl(path: Path, shard: str) -> Iterator[ShardSample]:
+    """Samples of a JSONL manifest; key = its ``key`` field, else the zero-padded record index."""
+    text = _check_utf8(path)
     index = 0
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -67,6 +71,7 @@ def input_shards(path: str | Path) -> list[InputShard]:
     if path.is_file():
         if path.suffix not in (".jsonl", ".json"):
             raise FlameError(f"{path}: expected a folder of .tar shards or a .jsonl manifest")
+        _check_utf8(path)  # fail before the LLM is loaded
         return [InputShard(path.stem, path)]
     raise FlameError(f"embedding input not found: {path}")
 
@@ -136,17 +141,17 @@ class ShardEmbedder:
         self.started = time.perf_counter()
 
     def _sample_captions(self, sample: ShardSample) -> tuple[list[list[str]] | None, int]:
-        """Per view, the ``captions_per_sample`` normalised captions; None if a view has none."""
-        per_view, empty = [], 0
-        for view in self.config.views:
-            raw = sample.captions(view.field)
-            texts = [normalise_caption(t) for t in raw]
-            kept = [t for t in texts if t]
-            empty += len(texts) - len(kept)
-            if not kept:
-                return None, empty
-            per_view.append([kept[i % len(kept)] for i in range(self.config.captions_per_sample)])
-        return per_view, empty
+        """Per view, the ``captions_per_sample`` normalised captions (None if a view has none),
+        and how many empty captions the sample's fields hold (each field counted once)."""
+        kept_by_field, empty = {}, 0
+        for name in dict.fromkeys(view.field for view in self.config.views):
+            texts = [normalise_caption(t) for t in sample.captions(name)]
+            kept_by_field[name] = [t for t in texts if t]
+            empty += len(texts) - len(kept_by_field[name])
+        if not all(kept_by_field.values()):
+            return None, empty
+        n = self.config.captions_per_sample
+        return [[kept_by_field[v.field][i % len(kept_by_field[v.field])] for i in range(n)] for v in self.config.views], empty
 
     def _encode_unique(self, texts: list[str], facet_set: str, stats: dict) -> dict[str, torch.Tensor]:
         # Similar lengths together; the encoder also sorts inside each chunk.
