@@ -196,3 +196,13 @@ def test_missing_input_and_help():
                               capture_output=True, text=True, timeout=120).stdout
     for option in ("--input", "--out", "--max-shards", "--batch-size", "--profile", "--config"):
         assert option in helptext
+
+
+@pytest.mark.slow
+def test_manifest_caption_column(tmp_path, tiny_encoder):
+    manifest = _write_jsonl(tmp_path / "en.jsonl", [{"image": "a.jpg", "en": ["A cat.", "A grey cat."]}])
+    config = text_config(captions_per_sample=1, views=[{"field": "caption", "facet_set": "raw"}])
+    with pytest.raises(FlameError, match=r"en\.jsonl: no sample has the caption field\(s\) \['caption'\].*--caption-col"):
+        run_embedding(config, manifest, tmp_path / "o", encoder=tiny_encoder, progress=False)
+    summary = run_embedding(config, manifest, tmp_path / "o", encoder=tiny_encoder, progress=False, caption_col="en")
+    assert summary["samples"] == 1 and summary["validation"]["ok"]

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-shards", type=int, default=None,
                         help="compute at most this many missing shards, then stop (a rerun continues)")
     parser.add_argument("--batch-size", type=int, default=None, help="override text.batch_size (captions per forward pass)")
+    parser.add_argument("--caption-col", default=None,
+                        help="JSONL column read as the 'caption' field (e.g. en); default: captions, else caption")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -33,7 +35,8 @@ def run(args: argparse.Namespace, config: FlameConfig) -> int:
         if args.batch_size < 1:
             raise FlameError(f"--batch-size must be >= 1 (got {args.batch_size})")
         config.text.batch_size = args.batch_size
-    summary = run_embedding(config, args.input, args.out, max_shards=args.max_shards, progress=not args.no_progress)
+    summary = run_embedding(config, args.input, args.out, max_shards=args.max_shards,
+                            progress=not args.no_progress, caption_col=args.caption_col)
     validation = summary["validation"]
     print(
         f"embedded {summary['shards_done']} shard(s), skipped {summary['shards_skipped']} already done, "

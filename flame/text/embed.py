@@ -31,12 +31,13 @@ from flame.text.store import EmbeddingStore, fingerprint_of
 class InputShard:
     name: str
     path: Path
+    caption_col: str | None = None  # JSONL column holding the ``caption`` field's captions
 
     def samples(self) -> Iterator[ShardSample]:
         if self.path.suffix == ".tar":
             yield from iter_shard(self.path, with_images=False)
         else:
-            yield from iter_jsonl(self.path, self.name)
+            yield from iter_jsonl(self.path, self.name, self.caption_col)
 
 
 def _check_utf8(path: Path) -> str:
@@ -46,8 +47,9 @@ def _check_utf8(path: Path) -> str:
         raise FlameError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def iter_jsonl(path: Path, shard: str) -> Iterator[ShardSample]:
-    """Samples of a JSONL manifest; key = its ``key`` field, else the zero-padded record index."""
+def iter_jsonl(path: Path, shard: str, caption_col: str | None = None) -> Iterator[ShardSample]:
+    """Samples of a JSONL manifest; key = its ``key`` field, else the zero-padded record index.
+    ``caption_col`` names the column read as the ``caption`` field (e.g. ``en``)."""
     text = _check_utf8(path)
     index = 0
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -61,10 +63,12 @@ def iter_jsonl(path: Path, shard: str) -> Iterator[ShardSample]:
             raise FlameError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
         key = str(record["key"]) if record.get("key") is not None else f"{index:09d}"
         index += 1
+        if caption_col and caption_col not in ("caption", "captions"):
+            record = {**record, "captions": record.get(caption_col)}
         yield ShardSample(key=key, shard=shard, text=None, meta=record)
 
 
-def input_shards(path: str | Path) -> list[InputShard]:
+def input_shards(path: str | Path, caption_col: str | None = None) -> list[InputShard]:
     path = Path(path)
     if path.is_dir():
         return [InputShard(shard_name(p), p) for p in list_shards(path)]
@@ -72,7 +76,7 @@ def input_shards(path: str | Path) -> list[InputShard]:
         if path.suffix not in (".jsonl", ".json"):
             raise FlameError(f"{path}: expected a folder of .tar shards or a .jsonl manifest")
         _check_utf8(path)  # fail before the LLM is loaded
-        return [InputShard(path.stem, path)]
+        return [InputShard(path.stem, path, caption_col)]
     raise FlameError(f"embedding input not found: {path}")
 
 
@@ -145,7 +149,10 @@ class ShardEmbedder:
         and how many empty captions the sample's fields hold (each field counted once)."""
         kept_by_field, empty = {}, 0
         for name in dict.fromkeys(view.field for view in self.config.views):
-            texts = [normalise_caption(t) for t in sample.captions(name)]
+            raw = sample.captions(name)
+            if not raw:
+                self.missing_field += 1
+            texts = [normalise_caption(t) for t in raw]
             kept_by_field[name] = [t for t in texts if t]
             empty += len(texts) - len(kept_by_field[name])
         if not all(kept_by_field.values()):
@@ -178,6 +185,7 @@ class ShardEmbedder:
                  "unique_captions": 0, "truncated": 0, "prompts": 0, "tokens": 0}
         keys: list[str] = []
         skipped: list[str] = []
+        self.missing_field = 0
         chosen: list[list[list[str]]] = []
         seen: set[str] = set()
         for sample in shard.samples():
@@ -192,6 +200,12 @@ class ShardEmbedder:
                 continue
             keys.append(sample.key)
             chosen.append(per_view)
+        if not chosen and skipped and self.missing_field >= len(skipped):
+            fields = sorted({view.field for view in self.config.views})
+            raise FlameError(
+                f"{shard.path}: no sample has the caption field(s) {fields}; "
+                f"for a JSONL manifest name the caption column with --caption-col"
+            )
         stats["skipped_empty"] = len(skipped)
         stats["skipped_keys"] = skipped
         stats["samples"] = len(keys)
@@ -224,6 +238,7 @@ def run_embedding(
     encoder: TextEncoder | None = None,
     max_shards: int | None = None,
     progress: bool = True,
+    caption_col: str | None = None,
 ) -> dict:
     """Embed every shard of ``input_path`` missing from the store under ``out_dir``.
 
@@ -232,7 +247,7 @@ def run_embedding(
     """
     text_config = config.text if isinstance(config, FlameConfig) else config
     start = time.perf_counter()
-    shards = input_shards(input_path)
+    shards = input_shards(input_path, caption_col)
     encoder = encoder or TextEncoder.from_config(text_config)
     check_encoder_matches(encoder, text_config)
     store = EmbeddingStore.create(out_dir, store_meta(encoder, text_config))
