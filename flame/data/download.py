@@ -8,11 +8,13 @@ incremental mode redo only those, so every key ends up exactly once.
 from __future__ import annotations
 
 import functools
-import io
 import hashlib
+import importlib
+import io
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import tempfile
@@ -20,9 +22,6 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-
-import importlib
-import os
 
 # albumentations (imported by img2dataset) otherwise asks PyPI for a newer version on import.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -295,7 +294,10 @@ def format_summary(summary: dict) -> str:
 def download_shards(manifest_path: str | Path, out_dir: str | Path, data_config, overwrite: bool = False,
                     progress: bool = True) -> dict:
     """Download a manifest into webdataset shards (resumable); returns the summary that is
-    also written to ``out_dir/download_summary.json``."""
+    also written to ``out_dir/download_summary.json``.
+
+    img2dataset starts its workers with multiprocessing's "spawn": a script calling this
+    needs the usual ``if __name__ == "__main__":`` guard."""
     started = time.time()
     manifest_path = Path(manifest_path)
     out_dir = Path(out_dir)
@@ -306,7 +308,6 @@ def download_shards(manifest_path: str | Path, out_dir: str | Path, data_config,
     removed = _remove_partial_shards(out_dir)
     if removed:
         log.info("removed partial shard files of an interrupted run: %s", ", ".join(removed))
-    (out_dir / SUMMARY_FILE).unlink(missing_ok=True)  # img2dataset would read it as a shard's stats
     state = out_dir / STATE_FILE
     if not state.exists() or state.read_text().strip() != fingerprint:
         write_text(state, fingerprint + "\n")
@@ -317,6 +318,7 @@ def download_shards(manifest_path: str | Path, out_dir: str | Path, data_config,
         extra_columns = [c for c in manifest.columns if c not in ("url", "caption")]
         per_shard = data_config.number_sample_per_shard
         already = sum(min(per_shard, len(manifest.rows) - int(n) * per_shard) for n in done if n in expected)
+        (out_dir / SUMMARY_FILE).unlink(missing_ok=True)  # img2dataset would read it as a shard's stats
         with tempfile.TemporaryDirectory(prefix="flame-download-") as tmp:
             input_parquet = Path(tmp) / "manifest.parquet"
             write_img2dataset_input(manifest, input_parquet)
