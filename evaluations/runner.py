@@ -11,7 +11,10 @@ import logging
 from pathlib import Path
 from typing import Iterable
 
+import torch
+
 from evaluations import datasets as ds
+from evaluations.embedding import embed_images
 from evaluations.images import check_images
 from evaluations.plots import metric_bars, retrieval_grid
 from evaluations.registry import BENCHMARKS, get_benchmark
@@ -36,18 +39,19 @@ def describe_model(model) -> str:
     return f"flame[{image}|{text}]" if image else type(model).__name__
 
 
-def run_task(model, task: str, data, config: EvalConfig) -> TaskOutput:
+def run_task(model, task: str, data, config: EvalConfig, image_emb: torch.Tensor | None = None) -> TaskOutput:
     bs, cache = config.batch_size, config.text_cache
     if task == "retrieval":
-        return evaluate_retrieval(model, data, "raw", bs, config.example_queries, cache_texts=cache)
+        return evaluate_retrieval(model, data, "raw", bs, config.example_queries, image_emb, cache)
     if task == "long_retrieval":
-        return evaluate_retrieval(model, data, "long", bs, config.example_queries, cache_texts=cache)
+        return evaluate_retrieval(model, data, "long", bs, config.example_queries, image_emb, cache)
     if task == "multilingual_retrieval":
-        return evaluate_multilingual(model, data, bs, cache)
+        return evaluate_multilingual(model, data, bs, cache, image_emb)
     if task == "zeroshot_classification":
-        return evaluate_zeroshot(model, data, get_templates(config.templates), bs, cache)
+        return evaluate_zeroshot(model, data, get_templates(config.templates), bs, cache, image_emb)
     if task == "linear_probe":
-        return evaluate_linear_probe(model, data, config.linear_probe_train_per_class, config.linear_probe_c, bs)
+        return evaluate_linear_probe(model, data, config.linear_probe_train_per_class, config.linear_probe_c, bs,
+                                     image_emb=image_emb)
     if task == "text_pair_retrieval":
         return evaluate_text_pairs(model, data, bs, cache_texts=cache)
     raise FlameError(f"unknown task {task!r}; available: {', '.join(TASK_JSON_NAMES)}")
@@ -64,10 +68,16 @@ def evaluate_dataset(
     limit: int | None = None,
     pretrained: str = "",
     plot_prefix: str = "",
+    image_memo: dict[str, torch.Tensor] | None = None,
 ) -> dict:
-    """Check images, score ``data`` with ``task``, draw plots into ``out_dir``; one result dict."""
+    """Check images, score ``data`` with ``task``, draw plots into ``out_dir``; one result dict.
+
+    ``image_memo`` (image path -> embedding) lets several benchmarks over the same images
+    in one run embed each image once.
+    """
     config = config or EvalConfig()
     details: dict = {}
+    image_emb = None
     if task in IMAGE_TASKS:
         if limit:
             data = data.subset(list(range(min(limit, len(data.images)))))
@@ -77,9 +87,10 @@ def evaluate_dataset(
             data = data.subset(check.ok)
         details["skipped_images"] = len(check.failed)
         details["skipped_image_examples"] = [f"{ref}: {why}" for ref, why in check.failed[:20]]
+        image_emb = _embed_images_once(model, data.images, config.batch_size, name, image_memo)
     elif limit:
         data = [ds.TextPairSet(p.name, p.queries[:limit], p.targets[:limit]) for p in data]
-    output = run_task(model, task, data, config)
+    output = run_task(model, task, data, config, image_emb)
     result = {
         "dataset": name,
         "model": describe_model(model),
@@ -92,6 +103,15 @@ def evaluate_dataset(
     if out_dir is not None and config.plots:
         result["plots"] = _plots(output, name, Path(out_dir), plot_prefix)
     return result
+
+
+def _embed_images_once(model, images: list[str], batch_size: int, name: str, memo: dict | None) -> torch.Tensor:
+    memo = {} if memo is None else memo
+    todo = list(dict.fromkeys(p for p in images if p not in memo))
+    if todo:
+        for path, row in zip(todo, embed_images(model, todo, batch_size, desc=f"{name}: images")):
+            memo[path] = row
+    return torch.stack([memo[p] for p in images])
 
 
 def _plots(output: TaskOutput, name: str, out_dir: Path, prefix: str) -> list[str]:
@@ -134,6 +154,7 @@ def evaluate_benchmarks(model, names: Iterable[str], out_dir: str | Path | None 
     run, skipped = expand_names(names)
     for s in skipped:
         log.warning("skipping benchmark %s: %s", s["benchmark"], s["reason"])
+    kwargs.setdefault("image_memo", {})
     results = [evaluate_benchmark(model, name, out_dir, config, **kwargs) for name in run]
     return {"results": results, "summary": summarize(results), "skipped": skipped}
 

@@ -26,13 +26,16 @@ def fixed_split(labels: list[int], train_per_class: int) -> tuple[list[int], lis
     return train, test
 
 
-def evaluate_linear_probe(model, data: ClassificationSet, train_per_class: int = 3, c: float = 1.0, batch_size: int = 64, seed: int = 0) -> TaskOutput:
+def evaluate_linear_probe(model, data: ClassificationSet, train_per_class: int = 3, c: float = 1.0, batch_size: int = 64, seed: int = 0,
+                          image_emb: torch.Tensor | None = None) -> TaskOutput:
     train, test = fixed_split(data.labels, train_per_class)
     if not test:
         raise FlameError(f"{data.name}: no test images left with {train_per_class} training images per class")
     if len({data.labels[i] for i in train}) < 2:
         raise FlameError(f"{data.name}: the linear probe needs at least 2 classes")
-    features = embed_images(model, data.images, batch_size, desc=f"{data.name}: images").numpy()
+    if image_emb is None:
+        image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
+    features = image_emb.numpy()
     labels = np.asarray(data.labels)
     clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
     clf.fit(features[train], labels[train])

@@ -7,6 +7,7 @@ its chance level is reported beside it.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from evaluations.datasets import MultilingualSet
 from evaluations.embedding import embed_images, embed_texts
@@ -16,8 +17,10 @@ from evaluations.tasks import TaskOutput
 KEYS = ("image_retrieval_recall@1", "text_retrieval_recall@1", "mean_recall@1")
 
 
-def evaluate_multilingual(model, data: MultilingualSet, batch_size: int = 64, cache_texts: bool = False) -> TaskOutput:
-    image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
+def evaluate_multilingual(model, data: MultilingualSet, batch_size: int = 64, cache_texts: bool = False,
+                          image_emb: torch.Tensor | None = None) -> TaskOutput:
+    if image_emb is None:
+        image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
     metrics: dict[str, float] = {}
     per_language: dict[str, dict] = {}
     for lang in data.languages:

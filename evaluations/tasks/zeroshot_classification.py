@@ -20,8 +20,10 @@ def class_embeddings(model, classnames: list[str], templates, batch_size: int = 
     return torch.nn.functional.normalize(emb, dim=-1)
 
 
-def evaluate_zeroshot(model, data: ClassificationSet, templates, batch_size: int = 64, cache_texts: bool = False) -> TaskOutput:
-    image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
+def evaluate_zeroshot(model, data: ClassificationSet, templates, batch_size: int = 64, cache_texts: bool = False,
+                      image_emb: torch.Tensor | None = None) -> TaskOutput:
+    if image_emb is None:
+        image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
     classifier = class_embeddings(model, data.classnames, templates, batch_size, cache_texts)
     logits = image_emb @ classifier.T
     metrics = classification_metrics(logits, data.labels)
