@@ -343,15 +343,13 @@ def evaluation(context: AssetExecutionContext, flame_config: FlameConfigResource
 
 def blocking_check_failures(context: AssetExecutionContext, check_keys) -> list[str]:
     """Names of blocking checks whose latest evaluation failed (registration must not proceed)."""
-    from dagster import AssetCheckExecutionRecordStatus
-
     failed = []
     for key in check_keys:
         record = context.instance.get_latest_asset_check_evaluation_record(key)
         if record is None:
             continue
-        evaluation_ = record.evaluation
-        if record.status == AssetCheckExecutionRecordStatus.FAILED or (evaluation_ is not None and not evaluation_.passed):
+        result = record.evaluation
+        if record.status.value == "FAILED" or (result is not None and not result.passed):
             failed.append(f"{key.asset_key.to_user_string()}:{key.name}")
     return failed
 

@@ -1,0 +1,107 @@
+"""The whole asset graph materialised in-process on a small slice (32 images, two data
+shards, 2 tiny epochs), with a failed training step that leaves the data assets valid
+and a re-run that continues from them."""
+
+import socket
+
+import pytest
+from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
+
+from orchestration.checks import ALL_CHECKS
+from orchestration.definitions import ASSETS
+from orchestration.jobs import INGEST_ASSETS, MODEL_ASSETS
+from orchestration.partitions import DATA_SHARDS, discover_chunks
+from orchestration.resources import MlflowResource
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _materializations(instance, key: str) -> int:
+    from dagster import AssetRecordsFilter
+
+    return len(instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(key)), limit=100).records)
+
+
+def _meta(instance, key: str) -> dict:
+    event = instance.get_latest_materialization_event(AssetKey(key))
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+@pytest.mark.slow
+def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_env):
+    from mlflow import MlflowClient
+
+    import flame.model
+    from flame.text.store import EmbeddingStore
+
+    env = orchestration_env
+    resources = env["resources"]
+    config = resources["flame_config"].load()
+    storage = env["storage"]
+    assets = ASSETS + ALL_CHECKS
+    with DagsterInstance.ephemeral() as instance:
+        keys = [c.key for c in discover_chunks(config)]
+        assert keys == ["slice-00000", "slice-00001"]
+        instance.add_dynamic_partitions(DATA_SHARDS.name, keys)
+
+        # Data: one run per data shard, checks included.
+        for key in keys:
+            result = materialize(assets, instance=instance, resources=resources, partition_key=key,
+                                 selection=AssetSelection.assets(*INGEST_ASSETS))
+            assert result.success
+            assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
+                "manifest_rows_usable": True, "download_success_rate": True, "embeddings_valid": True}
+        shards = {k: storage / "shards" / f"{k}.tar" for k in keys}
+        stamps = {k: p.stat().st_mtime_ns for k, p in shards.items()}
+        assert _meta(instance, "image_shards")["success_rate"] == 1.0
+        store = EmbeddingStore.open(_meta(instance, "caption_embeddings")["store"])
+        assert store.shards() == keys and store.validate()["samples"] == 32
+
+        # Training refused up front: the tracking server is unreachable. Nothing is trained,
+        # and the data assets stay as they were.
+        bad_uri = f"http://127.0.0.1:{_closed_port()}"
+        failing = {**resources, "mlflow": MlflowResource(tracking_uri=bad_uri)}
+        failed = materialize(assets, instance=instance, resources=failing,
+                             selection=AssetSelection.assets(*MODEL_ASSETS), raise_on_error=False)
+        assert not failed.success
+        (failure,) = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert failure.step_key == "flame_model"
+        assert bad_uri in failure.event_specific_data.error.message
+        assert "not reachable" in failure.event_specific_data.error.message
+        assert not (storage / "models").exists()
+        assert {k: p.stat().st_mtime_ns for k, p in shards.items()} == stamps
+        assert EmbeddingStore.open(store.path).validate()["ok"]
+
+        # The re-run picks up from the materialised data: only the model assets run.
+        result = materialize(assets, instance=instance, resources=resources,
+                             selection=AssetSelection.assets(*MODEL_ASSETS))
+        assert result.success
+        assert _materializations(instance, "image_shards") == 2
+        assert _materializations(instance, "caption_embeddings") == 2
+        assert {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()} == {
+            "flame_model", "evaluation", "registered_model"}
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert checks["training_loss_decreased"] and checks["evaluation_above_chance"]
+
+        trained = _meta(instance, "flame_model")
+        model = flame.model.load(trained["checkpoint"])
+        assert model.encode_text(["a dog runs on the grass"]).shape[-1] == store.D
+        assert trained["steps"] == 4 and len(trained["epoch_losses"]) == 2
+
+        scored = _meta(instance, "evaluation")
+        gate = config.registry.gate_metric
+        assert 0.0 <= scored["metrics"][gate] <= 1.0
+
+        registered = _meta(instance, "registered_model")
+        assert registered["version"] == 1 and registered["decision"] == "first-version"
+        client = MlflowClient(tracking_uri=env["tracking_uri"], registry_uri=env["tracking_uri"])
+        version = client.get_model_version(config.registry.model_name, "1")
+        assert set(version.aliases) == {"champion", "challenger"}
+        run = client.get_run(trained["mlflow_run_id"])
+        assert version.run_id == run.info.run_id
+        assert run.data.params["train.epochs"] == "2"
+        assert any(name.startswith("sample-dev-retrieval/") for name in run.data.metrics)
