@@ -82,6 +82,10 @@ class ClipTextConfig(_Section):
     width: int = Field(256, ge=16)
     heads: int = Field(4, ge=1)
     layers: int = Field(4, ge=1)
+    # Shared image-text space; 576 = the tiny LLM's hidden size, so both modes train the same image tower.
+    embed_dim: int = Field(576, ge=8)
+    # Every caption of this field is a positive of its image; m = train.positives_per_image are drawn per step.
+    caption_field: str = "caption"
 
 
 class ImageConfig(_Section):

@@ -55,10 +55,16 @@ class FlameModel(nn.Module):
         """``[B, 3, H, W]`` -> L2-normalised ``[B, D]``."""
         return self.visual(pixels)
 
-    forward = encode_image
+    def forward(self, pixels: torch.Tensor, text_tokens: torch.Tensor | None = None):
+        """Image features; with ``text_tokens`` (clip mode, trainable text tower) also the text features,
+        so one (DDP) forward covers every trained parameter."""
+        if text_tokens is None:
+            return self.encode_image(pixels)
+        return self.encode_image(pixels), self.text(text_tokens)
 
     def encode_text(self, texts: list[str], facet_set: str = "raw") -> torch.Tensor:
-        """Texts -> L2-normalised ``[N, D]`` through the frozen LLM, averaged over the facet set."""
+        """Texts -> L2-normalised ``[N, D]`` through the frozen LLM, averaged over the facet set
+        (clip mode: through the trained text tower; ``facet_set`` is ignored)."""
         return self.text.encode(texts, facet_set)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:

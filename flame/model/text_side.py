@@ -49,7 +49,13 @@ class FrozenLLMText:
         return F.normalize(F.normalize(per_facet, dim=-1).mean(dim=1), dim=-1)
 
 
-TEXT_SIDES = {"flame": FrozenLLMText}
+def _clip_text(text_config: dict, fingerprint: str | None):
+    from flame.model.clip_text import ClipText  # open_clip is only imported for the baseline mode
+
+    return ClipText(text_config, fingerprint)
+
+
+TEXT_SIDES = {"flame": FrozenLLMText, "clip": _clip_text}
 
 
 def make_text_side(mode: str, text_config: dict, fingerprint: str | None):

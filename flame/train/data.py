@@ -110,7 +110,7 @@ class ShardBatches(IterableDataset):
                  batch_size: int, positives: int, crop_scale: tuple[float, float], seed: int,
                  shuffle_buffer: int, rank: int = 0):
         self.shards = list(shards)
-        self.store_path = Path(store_path)
+        self.store_path = Path(store_path) if store_path is not None else None  # None: see CaptionBatches
         self.image = image
         self.batch_size = batch_size
         self.positives = positives
@@ -122,6 +122,9 @@ class ShardBatches(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def _open_store(self) -> EmbeddingStore:
+        return EmbeddingStore.open(self.store_path)
 
     def _my_shards(self) -> tuple[list[Path], int]:
         info = get_worker_info()
@@ -167,7 +170,7 @@ class ShardBatches(IterableDataset):
 
     def __iter__(self):
         shards, wid = self._my_shards()
-        store = EmbeddingStore.open(self.store_path)
+        store = self._open_store()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid])
         counts = {"missing": 0, "corrupt": 0}
         pixels, texts, keys = [], [], []
