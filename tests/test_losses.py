@@ -66,6 +66,7 @@ def test_loss_is_lower_when_images_match_their_texts(name):
 # ---- 2-process gloo against 1 process -----------------------------------------------
 
 GLOBAL_B, M, IN_DIM, D = 8, 3, 12, 10
+LOSS_NAMES = ("sigmoid", "infonce")
 
 
 class _Towers(torch.nn.Module):
@@ -92,23 +93,26 @@ def _setup_and_data(name):
     return towers, torch.randn(GLOBAL_B, IN_DIM, generator=g), torch.randn(GLOBAL_B, M, IN_DIM, generator=g)
 
 
-def _worker(rank, world, port, name, out_path):
+def _worker(rank, world, port, out_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        towers, x_img, x_txt = _setup_and_data(name)
-        ddp = torch.nn.parallel.DistributedDataParallel(towers)
-        local = GLOBAL_B // world
-        sl = slice(rank * local, (rank + 1) * local)
-        images, texts = ddp(x_img[sl], x_txt[sl])
-        loss = get_loss(name)(images, texts, towers.logit_scale, towers.logit_bias)
-        loss.backward()  # DDP averages the gradients over the ranks
-        mean_loss = loss.detach().clone()
-        dist.all_reduce(mean_loss)
+        results = {}
+        for name in LOSS_NAMES:
+            towers, x_img, x_txt = _setup_and_data(name)
+            ddp = torch.nn.parallel.DistributedDataParallel(towers)
+            local = GLOBAL_B // world
+            sl = slice(rank * local, (rank + 1) * local)
+            images, texts = ddp(x_img[sl], x_txt[sl])
+            loss = get_loss(name)(images, texts, towers.logit_scale, towers.logit_bias)
+            loss.backward()  # DDP averages the gradients over the ranks
+            mean_loss = loss.detach().clone()
+            dist.all_reduce(mean_loss)
+            grads = {n: p.grad for n, p in towers.named_parameters() if p.grad is not None}
+            results[name] = {"loss": mean_loss / world, "grads": grads}
         if rank == 0:
-            grads = {n: p.grad for n, p in towers.named_parameters()}
-            torch.save({"loss": mean_loss / world, "grads": grads}, out_path)
+            torch.save(results, out_path)
     finally:
         dist.destroy_process_group()
 
@@ -119,13 +123,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["sigmoid", "infonce"])
-def test_two_process_gloo_matches_one_process(name, tmp_path):
-    out = tmp_path / "ddp.pt"
-    mp.spawn(_worker, args=(2, _free_port(), name, str(out)), nprocs=2, join=True)
-    ddp = torch.load(out, weights_only=True)
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    """Loss and gradients of a 2-process gloo DDP run, each rank holding half the batch."""
+    out = tmp_path_factory.mktemp("ddp") / "ddp.pt"
+    # fork: the children reuse the imported torch instead of importing it again (CPU only).
+    mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True, start_method="fork")
+    return torch.load(out, weights_only=True)
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_two_process_gloo_matches_one_process(name, two_process_results):
+    ddp = two_process_results[name]
     towers, x_img, x_txt = _setup_and_data(name)
     images, texts = towers(x_img, x_txt)
     loss = get_loss(name)(images, texts, towers.logit_scale, towers.logit_bias)

@@ -8,7 +8,6 @@ model, optimizer, scheduler and RNG come back from the checkpoint.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,8 @@ from flame.train import checkpoint as ckpt
 from flame.train.data import ShardBatches, plan_shards, shards_of_rank, steps_per_epoch
 from flame.train.distributed import DistContext, all_reduce, cleanup, init_distributed
 from flame.train.optim import build_optimizer, build_scheduler
-from flame.train.precision import autocast, resolve_precision
+from flame.train.precision import resolve_precision
+from flame.train.step import NonFiniteError, TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,11 @@ class _Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             ckpt.restore_rng(state["rng"])
-        self.ddp = DistributedDataParallel(self.model) if self.ctx.enabled else self.model
+        self.train_step = TrainStep(
+            self.model, DistributedDataParallel(self.model) if self.ctx.enabled else self.model,
+            self.optimizer, self.scheduler, self.loss_fn, self.precision, self.cfg.grad_clip,
+            self.cfg.max_logit_scale, self.ctx,
+        )
 
     def _tracker(self):
         if not self.ctx.is_main:
@@ -235,7 +239,10 @@ class _Trainer:
             if not int(have):
                 break  # a rank ran short (undecodable images): every rank ends the epoch here
             lr = self.optimizer.param_groups[0]["lr"]
-            loss = self._step(batch)
+            try:
+                loss = self.train_step(batch["pixels"], batch["texts"])
+            except NonFiniteError as exc:
+                self._fail_non_finite(str(exc))
             s["step"] += 1
             s["step_in_epoch"] += 1
             s["epoch_loss_sum"] += loss
@@ -270,28 +277,6 @@ class _Trainer:
             tracker.log_metrics({"train/epoch_loss": s["losses"][-1], "train/skipped_corrupt": s["skipped_corrupt"],
                                  "epoch": s["epoch"]}, step=s["step"])
         self._save()
-
-    def _step(self, batch: dict) -> float:
-        device = self.ctx.device
-        pixels = batch["pixels"].to(device, non_blocking=True)
-        texts = batch["texts"].to(device, non_blocking=True).float()
-        with autocast(self.precision, device):
-            image_features = self.ddp(pixels)
-        loss = self.loss_fn(image_features.float(), texts, self.model.logit_scale, self.model.logit_bias)
-        value = float(all_reduce(loss.detach(), self.ctx)) / self.ctx.world_size
-        if not math.isfinite(value):
-            self._fail_non_finite(f"loss is {value}")
-        loss.backward()
-        if self.cfg.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            if not torch.isfinite(norm):
-                self._fail_non_finite(f"gradient norm is {float(norm)}")
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(max=math.log(self.cfg.max_logit_scale))
-        return value
 
     def _fail_non_finite(self, what: str) -> None:
         s = self.s

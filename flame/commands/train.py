@@ -1,0 +1,34 @@
+"""``flame train``: train the image tower against stored caption embeddings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from flame.errors import FlameError
+
+HELP = "train a FLAME image tower on image shards + caption embeddings (resumable; DDP under torchrun)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", required=True, help="folder of webdataset shards made by `flame download`")
+    parser.add_argument("--embeddings", required=True,
+                        help="embedding store made by `flame embed` (its fingerprint folder, or the root holding one)")
+    parser.add_argument("--out", required=True,
+                        help="checkpoint folder: model.safetensors, model_config.json, train_state.pt, "
+                        "metrics.jsonl, train_summary.json")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="stop after this many epochs (default train.epochs); the LR schedule spans "
+                        "max(this, train.epochs) epochs, so stopping early and resuming matches one long run")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the checkpoint in --out exactly where it stopped (starts fresh if there is none)")
+
+
+def run(args: argparse.Namespace, config) -> int:
+    from flame.train import run_training
+
+    if args.epochs is not None and args.epochs < 1:
+        raise FlameError(f"--epochs must be at least 1 (got {args.epochs})")
+    summary = run_training(config, args.shards, args.embeddings, args.out, epochs=args.epochs, resume=args.resume)
+    print(json.dumps(summary, sort_keys=True))
+    return 0

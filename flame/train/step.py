@@ -1,0 +1,54 @@
+"""One optimisation step of the image tower against precomputed text embeddings."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from flame.model import FlameModel
+from flame.train.distributed import DistContext, all_reduce
+from flame.train.precision import autocast
+
+
+class NonFiniteError(ArithmeticError):
+    """The loss or gradient norm is NaN/Inf; nothing of this step was applied."""
+
+
+@dataclass
+class TrainStep:
+    model: FlameModel
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: Callable
+    precision: str
+    grad_clip: float | None
+    max_logit_scale: float
+    ctx: DistContext
+
+    def __call__(self, pixels: torch.Tensor, texts: torch.Tensor) -> float:
+        """Forward, loss over the global batch, backward, update; returns the mean loss over ranks."""
+        device = self.ctx.device
+        pixels = pixels.to(device, non_blocking=True)
+        texts = texts.to(device, non_blocking=True).float()
+        with autocast(self.precision, device):
+            image_features = self.forward(pixels)
+        loss = self.loss_fn(image_features.float(), texts, self.model.logit_scale, self.model.logit_bias)
+        value = float(all_reduce(loss.detach(), self.ctx)) / self.ctx.world_size
+        if not math.isfinite(value):
+            raise NonFiniteError(f"loss is {value}")
+        loss.backward()
+        if self.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            if not torch.isfinite(norm):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteError(f"gradient norm is {float(norm)}")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(max=math.log(self.max_logit_scale))
+        return value
