@@ -183,7 +183,9 @@ def _gate(client, config: FlameConfig, version: str, value: float | None) -> Dec
         else:
             d.reason = (f"not promoted: {reg.gate_metric} {value:.6g} does not beat champion v{champ_version} "
                         f"{champ_value:.6g} by margin {reg.margin} ({direction} is better)")
-        if d.promoted and d.decision != "already-champion":
+        if d.decision == "already-champion":
+            return d  # keep the record of the decision that made it champion
+        if d.promoted:
             _set_champion(client, name, d.version, champ_version)
         _record(client, name, d)
     return d

@@ -39,6 +39,10 @@ def test_gate_promotes_only_a_better_challenger_and_records_it(tracking_config, 
     d1 = registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 0.30)[::-1])
     assert (d1.version, d1.promoted, d1.decision) == ("1", True, "first-version")
     assert _aliases(cfg) == {"champion": "1", "challenger": "1"}
+    again = registry.promote(cfg)  # gating the challenger that already is champion changes nothing
+    assert again.decision == "already-champion"
+    assert MlflowClient(tracking_uri=cfg.tracking.tracking_uri).get_model_version(
+        cfg.registry.model_name, "1").tags["flame.decision"] == "first-version"
 
     d2 = registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 0.25)[::-1])
     assert (d2.promoted, d2.decision, d2.candidate_value, d2.champion_value) == (False, "rejected", 0.25, 0.30)
@@ -80,7 +84,7 @@ def test_margin_and_lower_is_better(tracking_config, tmp_path):
     assert _aliases(cfg) == {"champion": "3", "challenger": "4"}
 
 
-def test_cli_show_promote_rollback(tracking_config, tmp_path):
+def test_cli_promote_and_show(tracking_config, tmp_path):
     cfg = tracking_config
     registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 0.5)[::-1])
     registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 0.4)[::-1])
@@ -93,8 +97,7 @@ def test_cli_show_promote_rollback(tracking_config, tmp_path):
 
     rc, out, _ = flame("promote", "--version", "2")
     assert rc == 0 and json.loads(out)["decision"] == "manual"
-    rc, out, _ = flame("rollback")
-    assert rc == 0 and json.loads(out)["to_version"] == "1"
+    assert registry.rollback(cfg)["to_version"] == "1"
     rc, out, _ = flame("show")
     shown = json.loads(out)
     assert shown["aliases"] == {"champion": "1", "challenger": "2"}
