@@ -145,6 +145,38 @@ def version_tags(repo: str | Path, paths: list[str | Path] | None = None) -> dic
     return tags
 
 
+def is_dvc_repo(repo: str | Path) -> bool:
+    return (Path(repo) / ".dvc").is_dir()
+
+
+def record_and_tag(repo: str | Path, paths: list[str | Path], push: bool = True) -> dict[str, str]:
+    """What an orchestrator calls after materialising data: record (and push) the ``paths``
+    that lie inside the DVC repository ``repo``, and return MLflow run tags (git commit and
+    their DVC hashes). Paths outside it, or a folder without DVC, are not versioned; the
+    tag ``dvc.unversioned`` lists them instead of failing the run."""
+    repo = Path(repo)
+    inside, outside = [], []
+    for p in paths:
+        full = Path(p) if Path(p).is_absolute() else repo / p
+        try:
+            full.resolve().relative_to(repo.resolve())
+            (inside if is_dvc_repo(repo) else outside).append(full)
+        except ValueError:
+            outside.append(full)
+    if inside:
+        record_data(repo, inside, push=push)
+    tags = version_tags(repo, inside) if inside else dict(zip(("git.commit", "git.dirty"),
+                                                           map(str, _git_pair(repo))))
+    if outside:
+        tags["dvc.unversioned"] = ", ".join(str(p) for p in outside)
+    return tags
+
+
+def _git_pair(repo: Path) -> tuple[str, str]:
+    sha, dirty = git_commit(repo)
+    return sha, str(dirty).lower()
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m orchestration.versioning [PATH...]``: record, push and print the tags."""
     import argparse

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from flame.cli import build_parser
-from orchestration.versioning import data_hashes, ensure_remote, record_data, run_dvc, version_tags
+from orchestration.versioning import data_hashes, ensure_remote, record_and_tag, record_data, run_dvc, version_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
@@ -143,3 +143,19 @@ def test_record_data_versions_and_pushes_asset_folders(dvc_repo, tmp_path):
     assert "other-remote" not in (dvc_repo / ".dvc/config").read_text()  # kept in config.local
     with pytest.raises(Exception, match="outside the DVC repository"):
         record_data(dvc_repo, [tmp_path])
+
+
+@pytest.mark.slow
+def test_record_and_tag_versions_inside_and_lists_outside(dvc_repo, tmp_path):
+    inside = dvc_repo / "data" / "manifests"
+    inside.mkdir(parents=True)
+    (inside / "a.jsonl").write_text("{}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    tags = record_and_tag(dvc_repo, [inside, elsewhere], push=False)
+    assert tags["dvc.data/manifests"] == data_hashes(dvc_repo)["data/manifests"]
+    assert tags["dvc.unversioned"] == str(elsewhere) and len(tags["git.commit"]) == 40
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    tags = record_and_tag(plain, [plain])  # not a git or DVC repository: nothing versioned, nothing fails
+    assert tags["git.commit"] == "unknown" and tags["dvc.unversioned"] == str(plain)
