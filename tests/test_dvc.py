@@ -68,8 +68,7 @@ def test_dvc_yaml_stages_call_the_flame_cli_with_params_from_params_yaml():
     for name, stage in stages.items():
         argv = shlex.split(stage["cmd"].replace("${profile}", params["profile"]))
         assert argv[:2] == ["flame", name]
-        if name in ("download", "embed", "evaluate"):  # train's command may land separately
-            parser.parse_args(argv[1:])
+        parser.parse_args(argv[1:])
         for key in stage["params"]:
             node = params
             for part in key.split("."):

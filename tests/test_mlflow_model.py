@@ -13,14 +13,13 @@ import pytest
 import torch
 
 from flame.errors import FlameError
-from flame.mlflow_model import log_flame_model
 from flame.model import load
 from flame.tracking_mlflow import MlflowTracker
 from tests.fixtures.tracking import free_port, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
-IMAGES = sorted(Path("data/sample/images").glob("*.jpg"))[:2]
+IMAGES = sorted((Path(__file__).resolve().parents[1] / "data/sample/images").glob("*.jpg"))[:2]
 
 
 @pytest.fixture(scope="module")
