@@ -1,7 +1,7 @@
 """Prompt templates for zero-shot classification.
 
 ``OPENAI_IMAGENET`` are the 80 ImageNet templates of the CLIP paper (Radford et al.,
-2021); ``SHORT`` is a handful of them, for quick runs on CPU. Each template has one
+2021); ``SHORT`` is 7 of them and ``SINGLE`` just one, for quick runs on CPU. Each template has one
 ``{}`` where the class name goes.
 """
 
@@ -101,11 +101,14 @@ SHORT: tuple[str, ...] = (
     "art of the {}.",
 )
 
-TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"openai": OPENAI_IMAGENET, "short": SHORT}
+# One prompt per class: the cheapest zero-shot run (e.g. 200 LLM passes for 200 classes on CPU).
+SINGLE: tuple[str, ...] = ("a photo of a {}.",)
+
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"openai": OPENAI_IMAGENET, "short": SHORT, "single": SINGLE}
 
 
 def get_templates(name: str) -> tuple[str, ...]:
-    """The template set called ``name`` (``openai`` or ``short``)."""
+    """The template set called ``name`` (``openai``, ``short`` or ``single``)."""
     try:
         return TEMPLATE_SETS[name]
     except KeyError:

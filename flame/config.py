@@ -148,7 +148,7 @@ class EvalConfig(_Section):
     # Names from evaluations.registry.BENCHMARKS, or ["all"]; the gate metric lives in registry.
     benchmarks: list[str] = Field(default_factory=lambda: ["sample-dev-retrieval"])
     batch_size: int = Field(64, ge=1)
-    templates: Literal["openai", "short"] = "short"
+    templates: Literal["openai", "short", "single"] = "short"
     # Linear probe: the first N images of each class (manifest order) train, the rest test.
     linear_probe_train_per_class: int = Field(3, ge=1)
     linear_probe_c: float = Field(1.0, gt=0)

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="result JSON file; plots (PNG) are written beside it")
     parser.add_argument("--skip-missing", action="store_true", help="skip missing or unreadable images (counted in the result) instead of failing")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images (or text pairs) of each dataset, for quick checks")
-    parser.add_argument("--templates", choices=("openai", "short"), help="zero-shot prompt templates (default: eval.templates)")
+    parser.add_argument("--templates", choices=("openai", "short", "single"),
+                        help="zero-shot prompt templates: the 80 of CLIP, 7 of them, or 1 (default: eval.templates)")
     parser.add_argument("--batch-size", type=int, help="images/texts per forward pass (default: eval.batch_size)")
     parser.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
 
