@@ -69,7 +69,7 @@ def _ensure_registered_model(client, name: str) -> None:
 class _GateLock:
     """Mutual exclusion across processes via a uniquely named registered model."""
 
-    def __init__(self, client, name: str, timeout: float = 120.0):
+    def __init__(self, client, name: str, timeout: float = LOCK_STALE_S + 60):
         self.client, self.name, self.timeout = client, f"{name}.gate-lock", timeout
 
     def __enter__(self):
