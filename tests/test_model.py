@@ -108,3 +108,9 @@ def test_warmup_then_cosine_schedule():
     assert warmup_cosine(20, 4, 20, 0.1) == pytest.approx(0.1)
     mid = warmup_cosine(8, 4, 20, 0.0)
     assert mid == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+
+
+def test_pretrained_without_local_weights_is_a_clear_error(config):
+    image = config.image.model_copy(update={"pretrained": True, "model": "vit_tiny_patch16_224"})
+    with pytest.raises(FlameError, match="no local timm weights for 'vit_tiny_patch16_224'.*pretrained=false"):
+        FlameModel(image, D, text_config=config.text.model_dump(mode="json"))

@@ -112,7 +112,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> FlameMod
         raise FlameError(f"{config_path}: format_version {cfg.get('format_version')!r} unsupported (want {FORMAT_VERSION})")
     try:
         model = FlameModel(
-            image=ImageConfig.model_validate(cfg["image"]),
+            # the weights come from the checkpoint, never from timm again
+            image=ImageConfig.model_validate({**cfg["image"], "pretrained": False}),
             embed_dim=cfg["embed_dim"],
             text_config=cfg["text"],
             text_fingerprint=cfg.get("text_fingerprint"),

@@ -3,7 +3,7 @@ size, average-pooled and L2-normalised."""
 
 from __future__ import annotations
 
-import logging
+from pathlib import Path
 
 import timm
 import torch
@@ -14,44 +14,44 @@ from flame.config import ImageConfig
 from flame.errors import FlameError
 from flame.model.projector import MLPProjector
 
-log = logging.getLogger(__name__)
-
 
 def create_backbone(image: ImageConfig) -> nn.Module:
-    """A timm model without classifier head, at ``image.img_size`` (and ``patch_size``)."""
+    """A timm model without classifier head, at ``image.img_size`` (and ``patch_size``);
+    with ``image.pretrained``, initialised from timm weights found in the local cache."""
     kwargs = dict(image.model_kwargs)
     kwargs["img_size"] = image.img_size
     if image.patch_size is not None:
         kwargs["patch_size"] = image.patch_size
+    if image.pretrained:
+        # timm resamples patch and position embeddings to the requested sizes.
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": local_timm_weights(image.model)})
     try:
-        backbone = timm.create_model(image.model, pretrained=False, num_classes=0, **kwargs)
+        return timm.create_model(image.model, num_classes=0, **kwargs)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise FlameError(f"image.model={image.model!r}: timm cannot build it with {kwargs} ({exc})") from None
-    if image.pretrained:
-        _load_local_timm_weights(backbone, image)
-    return backbone
 
 
-def _load_local_timm_weights(backbone: nn.Module, image: ImageConfig) -> None:
-    """timm's pretrained weights, only from the local cache (never the network)."""
-    try:
-        reference = timm.create_model(image.model, pretrained=True, num_classes=0,
-                                      pretrained_cfg_overlay={"hf_hub_offline": True})
-    except Exception as exc:  # timm raises many kinds when offline weights are absent
-        raise FlameError(
-            f"image.pretrained=true but no local timm weights for {image.model!r} ({exc}); "
-            "set image.pretrained=false to train from scratch"
-        ) from None
-    state = reference.state_dict()
-    # Patch size / resolution may differ from the pretrained model: let timm resample.
-    from timm.models.vision_transformer import checkpoint_filter_fn
+def local_timm_weights(model_name: str) -> str:
+    """The cached weight file of timm's default pretrained tag for ``model_name``; never downloads."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
 
-    try:
-        state = checkpoint_filter_fn(state, backbone)
-    except Exception:
-        pass
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    log.info("loaded local timm weights for %s (missing %d, unexpected %d)", image.model, len(missing), len(unexpected))
+    cfg = get_pretrained_cfg(model_name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None
+    if cfg is not None and cfg.file and Path(cfg.file).is_file():
+        return cfg.file
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(hub_id, filename) if hub_id else None
+        if isinstance(path, str):
+            return path
+    raise FlameError(
+        f"image.pretrained=true but no local timm weights for {image_name(model_name, hub_id)}; "
+        "put them in the Hugging Face cache or set image.pretrained=false to train from scratch"
+    )
+
+
+def image_name(model_name: str, hub_id: str | None) -> str:
+    return f"{model_name!r} (hub id {hub_id})" if hub_id else repr(model_name)
 
 
 class ImageTower(nn.Module):
