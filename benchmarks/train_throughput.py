@@ -119,7 +119,7 @@ def open_clip_step_runner(config, precision: str, batch: int, captions: list[str
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
