@@ -135,3 +135,14 @@ def test_two_registrations_at_once_keep_the_registry_consistent(tracking_config,
     assert shown["aliases"]["champion"] == best
     assert [v["version"] for v in shown["versions"]] == ["1", "2", "3"]
     assert all("flame.decision" in v["tags"] for v in shown["versions"])
+
+
+def test_a_lock_left_by_a_crashed_process_is_broken_once_stale(tracking_config, tmp_path, monkeypatch):
+    cfg = tracking_config
+    client = MlflowClient(tracking_uri=cfg.tracking.tracking_uri)
+    client.create_registered_model(f"{cfg.registry.model_name}.gate-lock")  # as a killed registrar leaves it
+    monkeypatch.setattr(registry, "LOCK_STALE_S", 1.0)
+    decision = registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 0.3)[::-1])
+    assert decision.decision == "first-version"
+    assert [m.name for m in client.search_registered_models(f"name LIKE '{cfg.registry.model_name}%'")] == [
+        cfg.registry.model_name]
