@@ -143,6 +143,7 @@ class ShardEmbedder:
         self.chunk = chunk or encoder.config.batch_size * 4
         self.totals = {"prompts": 0, "tokens": 0}
         self.started = time.perf_counter()
+        self.missing_field = 0
 
     def _sample_captions(self, sample: ShardSample) -> tuple[list[list[str]] | None, int]:
         """Per view, the ``captions_per_sample`` normalised captions (None if a view has none),
@@ -215,6 +216,9 @@ class ShardEmbedder:
             for view, texts in zip(self.config.views, per_view):
                 unique.setdefault(view.facet_set, set()).update(texts)
         stats["unique_captions"] = sum(len(v) for v in unique.values())
+        if self.progress is not None:
+            self.progress.total = (self.progress.total or 0) + stats["unique_captions"]
+            self.progress.refresh()
         encoded = {fs: self._encode_unique(sorted(texts), fs, stats) for fs, texts in sorted(unique.items())}
 
         rows = []
