@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from dagster import (
@@ -263,6 +264,7 @@ def flame_model(
 ) -> MaterializeResult:
     from flame.config import repo_root
     from flame.tracking_mlflow import check_tracking_uri
+    from orchestration.versioning import record_and_tag
 
     config = runtime_config(flame_config, mlflow)
     uri = config.tracking.tracking_uri
@@ -270,12 +272,15 @@ def flame_model(
     paths = storage.paths(config)
     keys, store = _training_inputs(context, config, paths)
     out = paths.models / training_id(config, keys, paths, store)
-    context.log.info(f"training on {len(keys)} data shards into {out}")
+    # Record (dvc add + push) the exact data this training reads; its hashes tag the MLflow run.
+    version_tags = record_and_tag(repo_root(), [paths.shards, store], push=True)
+    context.log.info(f"training on {len(keys)} data shards into {out}; data versions {version_tags}")
     command = _launcher(config) + [
         "-m", "orchestration.train_step",
         "--config", str(flame_config.params_file()), "--profile", config.profile,
         "--shards", str(paths.shards), "--embeddings", str(store), "--out", str(out),
         "--tracking-uri", uri, "--run-name", f"dagster-{context.run_id[:8]}",
+        "--tags-json", json.dumps({**version_tags, "dagster.run_id": context.run_id}),
     ]
     invocation = pipes_subprocess_client.run(context=context, command=command, cwd=str(repo_root()))
     result = invocation.get_materialize_result()
@@ -284,6 +289,7 @@ def flame_model(
     if raw.get("mlflow_run_id"):
         meta["mlflow_run"] = MetadataValue.text(mlflow_run_link(uri, raw["mlflow_experiment_id"], raw["mlflow_run_id"]))
     meta["data_shards"] = len(keys)
+    meta["data_versions"] = MetadataValue.json(version_tags)
     meta["checkpoint"] = MetadataValue.path(str(out))
     if (out / "loss.png").is_file():
         meta["loss_plot"] = MetadataValue.path(str(out / "loss.png"))
@@ -341,6 +347,20 @@ def evaluation(context: AssetExecutionContext, flame_config: FlameConfigResource
     return MaterializeResult(metadata=metadata)
 
 
+@contextmanager
+def global_tracking_uri(uri: str):
+    """MLflow's registry resolves ``models:/m-...`` sources through the global tracking URI,
+    not the client's (an MLflow TODO), so point it at our store while registering."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def blocking_check_failures(context: AssetExecutionContext, check_keys) -> list[str]:
     """Names of blocking checks whose latest evaluation failed (registration must not proceed)."""
     failed = []
@@ -371,9 +391,11 @@ def registered_model(context: AssetExecutionContext, flame_config: FlameConfigRe
     if scored.get("checkpoint") != trained.get("checkpoint"):
         raise FlameError("the latest evaluation is not of the latest model; materialise evaluation first")
     run_id = trained.get("mlflow_run_id")
-    client = registry_client(config, config.tracking.tracking_uri)
-    model_uri = log_flame_model(config, trained["checkpoint"], run_id=run_id)
-    decision = register_model(config, model_uri, run_id=run_id, metrics=scored.get("metrics") or {}, client=client)
+    uri = config.tracking.tracking_uri
+    client = registry_client(config, uri)
+    with global_tracking_uri(uri):
+        model_uri = log_flame_model(config, trained["checkpoint"], run_id=run_id, tracking_uri=uri)
+        decision = register_model(config, model_uri, run_id=run_id, metrics=scored.get("metrics") or {}, client=client)
     version = client.get_model_version(decision.model_name, decision.version)
     return MaterializeResult(
         metadata={

@@ -33,11 +33,13 @@ def _ok(result, what: str) -> None:
     """Turn a failed run into one clear error naming the step and its error."""
     if result.success:
         return
-    failures = [
-        f"{e.step_key}: {e.event_specific_data.error.message.strip()}"
-        for e in result.all_events
-        if e.event_type_value == "STEP_FAILURE" and e.event_specific_data and e.event_specific_data.error
-    ]
+    failures = []
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE" and event.event_specific_data and event.event_specific_data.error:
+            error = event.event_specific_data.error
+            while error.cause is not None:  # Dagster wraps the asset's own exception
+                error = error.cause
+            failures.append(f"{event.step_key}: {error.message.strip()}")
     detail = "; ".join(failures) or "see the run's logs in the Dagster UI"
     raise FlameError(f"{what} failed (run {result.run_id}): {detail}")
 

@@ -47,16 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: config.tracking.tracking_uri)")
     p.add_argument("--no-mlflow", action="store_true", help="log to the console only")
     p.add_argument("--run-name", default=None, help="MLflow run name")
+    p.add_argument("--tags-json", default="{}", help="JSON object of extra MLflow run tags (e.g. git commit, DVC hashes)")
     return p
 
 
-def _mlflow_tracker(config, out: Path, uri: str | None, run_name: str | None):
+def _mlflow_tracker(config, out: Path, uri: str | None, run_name: str | None, tags: dict):
     from flame.tracking_mlflow import MlflowTracker
 
     run_file = out / RUN_FILE
     previous = json.loads(run_file.read_text(encoding="utf-8"))["run_id"] if run_file.is_file() else None
     tracker = MlflowTracker(config, run_name=run_name, tracking_uri=uri, run_id=previous,
-                            tags={"flame.checkpoint": str(out)})
+                            tags={"flame.checkpoint": str(out), **tags})
     write_json(run_file, {"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
                           "tracking_uri": tracker.tracking_uri})
     return tracker
@@ -110,7 +111,10 @@ def run(args: argparse.Namespace, pipes=None) -> dict:
     trackers = [ConsoleTracker(config.train.log_every_steps)]
     mlflow_tracker = None
     if rank == 0 and not args.no_mlflow:
-        mlflow_tracker = _mlflow_tracker(config, out, args.tracking_uri, args.run_name)
+        tags = json.loads(args.tags_json)
+        if not isinstance(tags, dict):
+            raise FlameError(f"--tags-json must be a JSON object, got {args.tags_json!r}")
+        mlflow_tracker = _mlflow_tracker(config, out, args.tracking_uri, args.run_name, tags)
         trackers.append(mlflow_tracker)
     if pipes is not None:
         trackers.append(PipesTracker(pipes))

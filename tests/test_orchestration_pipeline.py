@@ -5,6 +5,8 @@ and a re-run that continues from them."""
 import socket
 
 import pytest
+import torch
+from PIL import Image
 from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 from orchestration.checks import ALL_CHECKS
@@ -12,6 +14,7 @@ from orchestration.definitions import ASSETS
 from orchestration.jobs import INGEST_ASSETS, MODEL_ASSETS
 from orchestration.partitions import DATA_SHARDS, discover_chunks
 from orchestration.resources import MlflowResource
+from tests.fixtures.orchestration import SAMPLE
 
 
 def _closed_port() -> int:
@@ -70,8 +73,11 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
         assert not failed.success
         (failure,) = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
         assert failure.step_key == "flame_model"
-        assert bad_uri in failure.event_specific_data.error.message
-        assert "not reachable" in failure.event_specific_data.error.message
+        error = failure.event_specific_data.error
+        while error.cause is not None:  # Dagster wraps the asset's own exception
+            error = error.cause
+        assert error.cls_name == "FlameError"
+        assert bad_uri in error.message and "not reachable" in error.message
         assert not (storage / "models").exists()
         assert {k: p.stat().st_mtime_ns for k, p in shards.items()} == stamps
         assert EmbeddingStore.open(store.path).validate()["ok"]
@@ -89,7 +95,9 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
 
         trained = _meta(instance, "flame_model")
         model = flame.model.load(trained["checkpoint"])
-        assert model.encode_text(["a dog runs on the grass"]).shape[-1] == store.D
+        image = Image.open(SAMPLE / "images" / "1000268201_693b08cb0e.jpg").convert("RGB")
+        with torch.no_grad():
+            assert model.encode_image(model.preprocess(image)[None]).shape == (1, store.D)
         assert trained["steps"] == 4 and len(trained["epoch_losses"]) == 2
 
         scored = _meta(instance, "evaluation")
@@ -104,4 +112,6 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
         run = client.get_run(trained["mlflow_run_id"])
         assert version.run_id == run.info.run_id
         assert run.data.params["train.epochs"] == "2"
+        # Data versions: the storage root here is outside the repository, so DVC says so.
+        assert run.data.tags["git.commit"] and str(storage / "shards") in run.data.tags["dvc.unversioned"]
         assert any(name.startswith("sample-dev-retrieval/") for name in run.data.metrics)
