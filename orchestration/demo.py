@@ -137,6 +137,7 @@ def report(out: dict, dagster_home: str) -> str:
         "checkpoint": str(model["checkpoint"]),
         "metrics": {k: v for k, v in ev["metrics"].items()},
         "seconds": out["seconds"],
+        "steps": {name.strip(): seconds for name, seconds in out["steps"].items()},
     }
     return json.dumps(line, sort_keys=False)
 
