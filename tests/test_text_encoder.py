@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from flame.text.encoder import TextEncoder
+from flame.text.facet_attention import pack, packed_forward
 from flame.text.llm import load_llm
 from tests.fixtures.text import text_config
 
@@ -27,10 +28,12 @@ CAPTIONS = [
 @pytest.mark.parametrize("facet_set", ["raw", "short", "long"])
 def test_single_pass_equals_separate_passes(tiny_encoder_fp32, facet_set):
     enc = tiny_encoder_fp32
-    # one batch mixes short and long rows, so right padding is exercised
-    packed = enc.encode(CAPTIONS, facet_set, batch_size=3)
+    packed = enc.encode(CAPTIONS, facet_set)
     k = len(enc.config.facet_sets[facet_set].facets)
     assert packed.shape == (len(CAPTIONS), k, enc.hidden_size) and packed.dtype == torch.float32
+    # all rows in one batch too: short rows right-padded to the long one
+    mixed = packed_forward(enc.model, pack([enc.prompt_tokens(c, facet_set) for c in CAPTIONS], enc.pad_id), enc.layer)
+    assert torch.allclose(mixed.float(), packed, atol=1e-4, rtol=1e-4)
 
     for c, caption in enumerate(CAPTIONS):
         sequences = enc.facet_token_ids(caption, facet_set)

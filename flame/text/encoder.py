@@ -9,7 +9,7 @@ import torch
 
 from flame.config import ConfigError, FacetSet, TextConfig, load_config, profile_names
 from flame.errors import FlameError
-from flame.text.facet_attention import PromptTokens, pack, packed_forward, separate_forward
+from flame.text.facet_attention import PromptTokens, length_batches, pack, packed_forward, separate_forward
 from flame.text.llm import LoadedLLM, load_llm
 from flame.text.prompts import NORMALISATION_VERSION, normalise_caption, split_prefix
 from flame.text.store import fingerprint_of
@@ -144,11 +144,9 @@ class TextEncoder:
         k = self.num_facets(facet_set)
         out = torch.empty((len(items), k, self.hidden_size), dtype=torch.float32)
         stats = EncodeStats(captions=len(items), truncated=sum(i.truncated for i in items))
-        # Longest first, so each batch pads to similar lengths and memory peaks at once.
-        order = sorted(range(len(items)), key=lambda i: -items[i].packed_length)
+        # Longest first (memory peaks at once), rows of similar length together (little padding).
         size = batch_size or self.config.batch_size
-        for start in range(0, len(order), size):
-            chunk = order[start:start + size]
+        for chunk in length_batches([i.packed_length for i in items], size):
             batch = pack([items[i] for i in chunk], self.pad_id)
             out[chunk] = packed_forward(self.model, batch, self.layer).float().cpu()
             stats.tokens += sum(items[i].packed_length for i in chunk)
@@ -159,10 +157,8 @@ class TextEncoder:
         seqs = [s for c in captions for s in self.facet_token_ids(c, facet_set)]
         k = self.num_facets(facet_set)
         flat = torch.empty((len(seqs), self.hidden_size), dtype=torch.float32)
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         size = batch_size or self.config.batch_size
-        for start in range(0, len(order), size):
-            chunk = order[start:start + size]
+        for chunk in length_batches([len(s) for s in seqs], size):
             flat[chunk] = separate_forward(self.model, [seqs[i] for i in chunk], self.pad_id, self.layer).float().cpu()
         return flat.view(len(captions), k, self.hidden_size)
 

@@ -54,6 +54,19 @@ class PackedBatch:
         return mask[:, None]
 
 
+def length_batches(lengths: list[int], batch_size: int, min_fill: float = 0.75) -> list[list[int]]:
+    """Index batches, longest first; a new batch starts when a row would be padded by more
+    than ``1 - min_fill`` of the batch's longest row, or the batch is full."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and lengths[i] >= min_fill * lengths[batches[-1][0]]:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def pack(items: list[PromptTokens], pad_id: int) -> PackedBatch:
     """Lay out one batch (all items with the same K), right-padded to its longest row."""
     k = len(items[0].facets)
