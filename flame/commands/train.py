@@ -12,8 +12,12 @@ HELP = "train a FLAME image tower on image shards + caption embeddings (resumabl
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", required=True, help="folder of webdataset shards made by `flame download`")
-    parser.add_argument("--embeddings", required=True,
-                        help="embedding store made by `flame embed` (its fingerprint folder, or the root holding one)")
+    parser.add_argument("--embeddings", default=None,
+                        help="embedding store made by `flame embed` (its fingerprint folder, or the root holding one); "
+                        "required in text mode flame, not used in text mode clip")
+    parser.add_argument("--text-mode", choices=("flame", "clip"), default=None,
+                        help="flame: frozen-LLM caption embeddings; clip: the CLIP baseline, a text transformer "
+                        "trained from scratch on the raw captions (default: the profile's text.mode; --profile clip sets it)")
     parser.add_argument("--out", required=True,
                         help="checkpoint folder: model.safetensors, model_config.json, train_state.pt, "
                         "metrics.jsonl, train_summary.json")
@@ -29,6 +33,11 @@ def run(args: argparse.Namespace, config) -> int:
 
     if args.epochs is not None and args.epochs < 1:
         raise FlameError(f"--epochs must be at least 1 (got {args.epochs})")
+    if args.text_mode:
+        config.text.mode = args.text_mode
+    if config.text.mode == "flame" and not args.embeddings:
+        raise FlameError("--embeddings is required in text mode flame (the store made by `flame embed`); "
+                         "the CLIP baseline (--profile clip or --text-mode clip) trains without it")
     summary = run_training(config, args.shards, args.embeddings, args.out, epochs=args.epochs, resume=args.resume)
     print(json.dumps(summary, sort_keys=True))
     return 0

@@ -9,6 +9,8 @@ inside the package), so any language tokenizes, if not well.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,12 @@ def tokenize(texts: list[str], context_length: int) -> torch.Tensor:
 def clip_text_config(config: FlameConfig) -> dict:
     """The ``text_config`` a clip-mode FlameModel stores in ``model_config.json``."""
     return {"mode": "clip", "clip_text": config.clip_text.model_dump(mode="json")}
+
+
+def clip_text_identity(clip_text: ClipTextConfig) -> str:
+    """What a clip-mode training run is tied to (in place of the frozen LLM's fingerprint): its tower's shape."""
+    digest = hashlib.sha256(json.dumps(clip_text.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    return f"clip-text-{digest[:16]}"
 
 
 class ClipText(nn.Module):

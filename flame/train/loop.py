@@ -25,6 +25,8 @@ from flame.model import FlameModel
 from flame.text.store import EmbeddingStore
 from flame.tracking import ConsoleTracker, JsonlTracker, MultiTracker, Tracker
 from flame.train import checkpoint as ckpt
+from flame.model.clip_text import clip_text_config, clip_text_identity
+from flame.train.caption_data import CaptionBatches, plan_caption_shards
 from flame.train.data import ShardBatches, plan_shards, shards_of_rank, steps_per_epoch
 from flame.train.distributed import DistContext, all_reduce, cleanup, init_distributed
 from flame.train.optim import build_optimizer, build_scheduler
@@ -45,7 +47,7 @@ def text_fingerprint_of(store: EmbeddingStore) -> str:
 def run_training(
     config: FlameConfig,
     shards_dir: str | Path,
-    embeddings_dir: str | Path,
+    embeddings_dir: str | Path | None,
     out_dir: str | Path,
     epochs: int | None = None,
     resume: bool = False,
@@ -56,11 +58,13 @@ def run_training(
 
     ``epochs`` is where to stop (default ``train.epochs``); the LR schedule spans
     ``max(epochs, train.epochs)`` epochs, so a run stopped early and resumed follows the
-    same schedule as an uninterrupted one.
+    same schedule as an uninterrupted one. With ``text.mode: clip`` (the CLIP baseline) a text
+    tower is trained jointly on the shards' raw captions and ``embeddings_dir`` is not used.
     """
     ctx = init_distributed()
     try:
-        return _Trainer(config, Path(shards_dir), Path(embeddings_dir), Path(out_dir), epochs, resume, tracker, ctx).run()
+        embeddings_dir = Path(embeddings_dir) if embeddings_dir is not None else None
+        return _Trainer(config, Path(shards_dir), embeddings_dir, Path(out_dir), epochs, resume, tracker, ctx).run()
     finally:
         cleanup(ctx)
 
@@ -69,9 +73,21 @@ class _Trainer:
     def __init__(self, config, shards_dir, embeddings_dir, out_dir, epochs, resume, tracker, ctx: DistContext):
         self.config, self.cfg, self.ctx = config, config.train, ctx
         self.shards_dir, self.out_dir = shards_dir, out_dir
-        self.store = EmbeddingStore.open(embeddings_dir)
-        self.text_fingerprint = text_fingerprint_of(self.store)
-        if self.cfg.positives_per_image > self.store.K:
+        self.clip_mode = config.text.mode == "clip"
+        if self.clip_mode:  # the CLIP baseline: no store; its text tower learns from the captions in the shards
+            self.store = None
+            self.text_fingerprint = clip_text_identity(config.clip_text)
+            self.store_fingerprint = f"captions:{config.clip_text.caption_field}"
+            self.text_source = f"the {config.clip_text.caption_field!r} captions of {shards_dir}"
+        elif embeddings_dir is None:
+            raise FlameError("text.mode flame trains against stored caption embeddings: pass --embeddings "
+                             "(the folder made by `flame embed`), or use text.mode clip (--profile clip)")
+        else:
+            self.store = EmbeddingStore.open(embeddings_dir)
+            self.text_fingerprint = text_fingerprint_of(self.store)
+            self.store_fingerprint = self.store.fingerprint
+            self.text_source = str(self.store.path)
+        if self.store is not None and self.cfg.positives_per_image > self.store.K:
             raise FlameError(
                 f"train.positives_per_image={self.cfg.positives_per_image} but the store {self.store.path} "
                 f"holds only K={self.store.K} embeddings per image"
@@ -87,7 +103,10 @@ class _Trainer:
 
     # ---- set-up ---------------------------------------------------------------------
     def _prepare_data(self) -> None:
-        self.plan = plan_shards(self.shards_dir, self.store, self.cfg.missing_embeddings)
+        if self.clip_mode:
+            self.plan = plan_caption_shards(self.shards_dir, self.config.clip_text.caption_field)
+        else:
+            self.plan = plan_shards(self.shards_dir, self.store, self.cfg.missing_embeddings)
         self.workers = self.cfg.workers
         self.steps_per_epoch = steps_per_epoch(self.plan, self.ctx.world_size, max(1, self.workers), self.local_batch)
         if self.steps_per_epoch == 0:
@@ -95,11 +114,15 @@ class _Trainer:
                 f"{self.plan.total} usable samples in {self.shards_dir} make no full batch of "
                 f"{self.local_batch} per process and DataLoader worker; lower train.batch_size or train.workers"
             )
-        self.dataset = ShardBatches(
-            shards_of_rank(self.plan.shards, self.ctx.rank, self.ctx.world_size), self.store.path, self.config.image,
-            batch_size=self.local_batch, positives=self.cfg.positives_per_image, crop_scale=self.cfg.crop_scale,
-            seed=self.cfg.seed, shuffle_buffer=self.cfg.shuffle_buffer, rank=self.ctx.rank,
-        )
+        shards = shards_of_rank(self.plan.shards, self.ctx.rank, self.ctx.world_size)
+        common = dict(batch_size=self.local_batch, positives=self.cfg.positives_per_image, crop_scale=self.cfg.crop_scale,
+                      seed=self.cfg.seed, shuffle_buffer=self.cfg.shuffle_buffer, rank=self.ctx.rank)
+        if self.clip_mode:
+            clip = self.config.clip_text
+            self.dataset = CaptionBatches(shards, self.config.image, caption_field=clip.caption_field,
+                                          context_length=clip.context_length, **common)
+        else:
+            self.dataset = ShardBatches(shards, self.store.path, self.config.image, **common)
 
     def _loader(self, epoch: int) -> DataLoader:
         self.dataset.set_epoch(epoch)
@@ -123,21 +146,25 @@ class _Trainer:
         state = ckpt.load_train_state(self.out_dir)
         for what, theirs, ours in (
             ("text encoder fingerprint", state.get("text_fingerprint"), self.text_fingerprint),
-            ("embedding store fingerprint", state.get("store_fingerprint"), self.store.fingerprint),
+            ("embedding store fingerprint", state.get("store_fingerprint"), self.store_fingerprint),
         ):
             if theirs != ours:
                 raise FlameError(
                     f"refusing to resume {self.out_dir}: it was trained against {what} {theirs}, but "
-                    f"{self.store.path} has {ours}; its text embeddings are not comparable. "
+                    f"{self.text_source} has {ours}; its text embeddings are not comparable. "
                     "Train into another --out, or resume with the original embeddings"
                 )
         return state
 
     def _build_model(self, state: dict | None) -> None:
         torch.manual_seed(self.cfg.seed)
+        if self.clip_mode:  # no fingerprint on the model: its text tower is trained, no cached text embedding fits it
+            dim, text_config, fingerprint = self.config.clip_text.embed_dim, clip_text_config(self.config), None
+        else:
+            dim, text_config, fingerprint = self.store.D, self.config.text.model_dump(mode="json"), self.text_fingerprint
         self.model = FlameModel(
-            self.config.image, self.store.D, text_config=self.config.text.model_dump(mode="json"),
-            text_fingerprint=self.text_fingerprint, text_mode=self.config.text.mode,
+            self.config.image, dim, text_config=text_config,
+            text_fingerprint=fingerprint, text_mode=self.config.text.mode,
             logit_scale_init=self.cfg.logit_scale_init, logit_bias_init=self.cfg.logit_bias_init,
         )
         if state is not None:
@@ -192,7 +219,7 @@ class _Trainer:
         tracker = self._tracker()
         if tracker:
             tracker.log_params(self.config.to_flat_dict())
-            tracker.set_tags({"text_fingerprint": self.text_fingerprint, "embedding_store": self.store.fingerprint})
+            tracker.set_tags({"text_fingerprint": self.text_fingerprint, "embedding_store": self.store_fingerprint})
         timing = {"images": 0, "seconds": 0.0, "wait": 0.0}
         status = "FAILED"
         try:
@@ -284,7 +311,7 @@ class _Trainer:
                 if ckpt.has_checkpoint(self.out_dir) else "no checkpoint had been written yet")
         raise FlameError(
             f"training stopped: {what} at epoch {s['epoch'] + 1}, step {s['step'] + 1}; nothing was saved for this "
-            f"step and {kept}. Lower train.lr or check the embeddings in {self.store.path} for NaN/Inf"
+            f"step and {kept}. Lower train.lr or check the embeddings in {self.text_source} for NaN/Inf"
         )
 
     def _save(self) -> None:
@@ -298,7 +325,7 @@ class _Trainer:
                 "steps_per_epoch": self.steps_per_epoch,
                 "horizon_epochs": self.horizon_epochs,
                 "text_fingerprint": self.text_fingerprint,
-                "store_fingerprint": self.store.fingerprint,
+                "store_fingerprint": self.store_fingerprint,
             })
         if self.ctx.enabled:
             torch.distributed.barrier()
@@ -323,6 +350,6 @@ class _Trainer:
             "precision": self.precision,
             "device": str(self.ctx.device),
             "text_fingerprint": self.text_fingerprint,
-            "embedding_store": self.store.fingerprint,
+            "embedding_store": self.store_fingerprint,
             "resumed_from_step": resumed_from,
         }

@@ -1,4 +1,5 @@
-"""One optimisation step of the image tower against precomputed text embeddings."""
+"""One optimisation step of the image tower against precomputed text embeddings
+(or, in the CLIP baseline mode, of image and text towers together)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,16 @@ class TrainStep:
         """Forward, loss over the global batch, backward, update; returns the mean loss over ranks."""
         device = self.ctx.device
         pixels = pixels.to(device, non_blocking=True)
-        texts = texts.to(device, non_blocking=True).float()
-        with autocast(self.precision, device):
-            image_features = self.forward(pixels)
+        texts = texts.to(device, non_blocking=True)
+        if texts.dtype == torch.long:  # clip mode: token ids [B, m, L] through the text tower trained alongside
+            b, m, length = texts.shape
+            with autocast(self.precision, device):
+                image_features, text_features = self.forward(pixels, texts.reshape(b * m, length))
+            texts = text_features.float().reshape(b, m, -1)
+        else:
+            texts = texts.float()
+            with autocast(self.precision, device):
+                image_features = self.forward(pixels)
         loss = self.loss_fn(image_features.float(), texts, self.model.logit_scale, self.model.logit_bias)
         value = float(all_reduce(loss.detach(), self.ctx)) / self.ctx.world_size
         if not math.isfinite(value):
