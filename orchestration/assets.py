@@ -165,6 +165,8 @@ def image_shards(context: AssetExecutionContext, flame_config: FlameConfigResour
 @asset(partitions_def=DATA_SHARDS, group_name=DATA_GROUP, deps=[image_shards], kinds={"safetensors"},
        description="The shard's captions embedded by the frozen LLM (all facets, L2-normalised, fp16).")
 def caption_embeddings(context: AssetExecutionContext, flame_config: FlameConfigResource, storage: StorageResource) -> MaterializeResult:
+    from tqdm import tqdm
+
     from flame.text.embed import InputShard, ShardEmbedder, store_meta
     from flame.text.encoder import TextEncoder
     from flame.text.store import EmbeddingStore
@@ -179,7 +181,8 @@ def caption_embeddings(context: AssetExecutionContext, flame_config: FlameConfig
     encoder = TextEncoder.from_config(config.text)
     store = EmbeddingStore.create(paths.embeddings, store_meta(encoder, config.text))
     # Always (re)computed: this partition is being materialised because its shard is new or changed.
-    result = ShardEmbedder(encoder, config.text).embed(InputShard(key, shard))
+    with tqdm(desc=f"embedding {key}", unit="caption", dynamic_ncols=True) as bar:
+        result = ShardEmbedder(encoder, config.text, progress=bar).embed(InputShard(key, shard))
     store.write(key, result.keys, result.embeddings, result.stats)
     seconds = time.monotonic() - start
     stats = result.stats
