@@ -254,7 +254,7 @@ def mlflow_run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri}  ->  #/experiments/{experiment_id}/runs/{run_id}"
 
 
-@asset(group_name=MODEL_GROUP, deps=[caption_embeddings], kinds={"pytorch"},
+@asset(group_name=MODEL_GROUP, deps=[image_shards, caption_embeddings], kinds={"pytorch"},
        op_tags=definition_config().orchestration.train_op_tags,
        description="The FLAME model trained on every data shard, in a Dagster Pipes subprocess "
        "(plain Python, or torchrun per orchestration.train_launcher).")

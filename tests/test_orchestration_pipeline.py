@@ -14,6 +14,7 @@ from orchestration.definitions import ASSETS
 from orchestration.jobs import INGEST_ASSETS, MODEL_ASSETS
 from orchestration.partitions import DATA_SHARDS, discover_chunks
 from orchestration.resources import MlflowResource
+from orchestration.sensors import training_due
 from tests.fixtures.orchestration import SAMPLE
 
 
@@ -64,6 +65,9 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
         store = EmbeddingStore.open(_meta(instance, "caption_embeddings")["store"])
         assert store.shards() == keys and store.validate()["samples"] == 32
 
+        # The new-data sensor now asks for a training run: all shards embedded, no model yet.
+        assert training_due(instance) is not None
+
         # Training refused up front: the tracking server is unreachable. Nothing is trained,
         # and the data assets stay as they were.
         bad_uri = f"http://127.0.0.1:{_closed_port()}"
@@ -93,6 +97,7 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert checks["training_loss_decreased"] and checks["evaluation_above_chance"]
 
+        assert training_due(instance) is None  # the model is newer than its data
         trained = _meta(instance, "flame_model")
         model = flame.model.load(trained["checkpoint"])
         image = Image.open(SAMPLE / "images" / "1000268201_693b08cb0e.jpg").convert("RGB")
