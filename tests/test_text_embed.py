@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flame.cli import main as cli_main
 from flame.config import load_config, repo_root
 from flame.errors import FlameError
 from flame.text.embed import run_embedding
@@ -124,6 +125,18 @@ def test_resume_after_partial_run_matches_uninterrupted(tmp_path, tiny_encoder):
 
 
 @pytest.mark.slow
+def test_processes_split_shards_by_rank(tmp_path, tiny_encoder):
+    shards = _shard_dir(tmp_path / "shards", shards=3, per_shard=1)
+    config = text_config(captions_per_sample=1, views=[{"field": "caption", "facet_set": "raw"}])
+    runs = [run_embedding(config, shards, tmp_path / "emb", encoder=tiny_encoder, progress=False,
+                          rank=rank, world_size=2) for rank in (0, 1)]
+    assert [r["shards_done"] for r in runs] == [2, 1]  # 00000, 00002 | 00001
+    assert EmbeddingStore.open(tmp_path / "emb").validate()["samples"] == 3
+    with pytest.raises(FlameError, match="rank 2 is not in 0..1"):
+        run_embedding(config, shards, tmp_path / "emb", encoder=tiny_encoder, rank=2, world_size=2)
+
+
+@pytest.mark.slow
 def test_killed_cli_run_resumes_with_identical_results(tmp_path, tiny_encoder):
     # later shards are bigger, so the kill lands while they are being computed
     shards = tmp_path / "shards"
@@ -162,15 +175,13 @@ def test_killed_cli_run_resumes_with_identical_results(tmp_path, tiny_encoder):
         assert ka == kb and torch.equal(a, b), shard
 
 
-def test_non_utf8_jsonl_fails_naming_the_file(tmp_path):
+def test_non_utf8_jsonl_fails_naming_the_file(tmp_path, capsys):
     bad = tmp_path / "latin1.jsonl"
     bad.write_bytes('{"caption": "caf\u00e9"}\n'.encode("latin-1"))
-    proc = subprocess.run([sys.executable, "-m", "flame", "embed", "--input", str(bad), "--out", str(tmp_path / "o")],
-                          cwd=repo_root(), capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    assert proc.returncode == 2
-    assert "latin1.jsonl: not UTF-8" in proc.stderr
-    assert not (tmp_path / "o").exists()
+    code = cli_main(["embed", "--input", str(bad), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "latin1.jsonl: not UTF-8" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # failed before loading the LLM or creating the store
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from flame.config import FlameConfig
 from flame.errors import FlameError
@@ -23,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="override text.batch_size (captions per forward pass)")
     parser.add_argument("--caption-col", default=None,
                         help="JSONL column read as the 'caption' field (e.g. en); default: captions, else caption")
+    parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)),
+                        help="this process's index when several share the shards (default: $RANK or 0)")
+    parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
+                        help="number of processes sharing the shards; shard i goes to rank i %% world size "
+                        "(default: $WORLD_SIZE or 1)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -36,9 +42,11 @@ def run(args: argparse.Namespace, config: FlameConfig) -> int:
             raise FlameError(f"--batch-size must be >= 1 (got {args.batch_size})")
         config.text.batch_size = args.batch_size
     summary = run_embedding(config, args.input, args.out, max_shards=args.max_shards,
-                            progress=not args.no_progress, caption_col=args.caption_col)
+                            progress=not args.no_progress, caption_col=args.caption_col,
+                            rank=args.rank, world_size=args.world_size)
     validation = summary["validation"]
     print(
+        f"{'rank %d/%d: ' % (args.rank, args.world_size) if args.world_size > 1 else ''}"
         f"embedded {summary['shards_done']} shard(s), skipped {summary['shards_skipped']} already done, "
         f"{summary['shards_remaining']} remaining; {summary['samples']} samples, "
         f"{summary['skipped_empty']} skipped (empty captions), {summary['truncated']} truncated captions, "

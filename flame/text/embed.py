@@ -243,15 +243,21 @@ def run_embedding(
     max_shards: int | None = None,
     progress: bool = True,
     caption_col: str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict:
     """Embed every shard of ``input_path`` missing from the store under ``out_dir``.
 
     ``max_shards`` stops after computing that many new shards (the rest stay for a
-    rerun). Returns a summary with the store path and its validation.
+    rerun). ``rank``/``world_size`` split the shards between processes (shard i goes to
+    rank i % world_size); shard files are atomic, so processes never collide. Returns a
+    summary with the store path and its validation.
     """
+    if not 0 <= rank < world_size:
+        raise FlameError(f"rank {rank} is not in 0..{world_size - 1} (world size {world_size})")
     text_config = config.text if isinstance(config, FlameConfig) else config
     start = time.perf_counter()
-    shards = input_shards(input_path, caption_col)
+    shards = input_shards(input_path, caption_col)[rank::world_size]
     encoder = encoder or TextEncoder.from_config(text_config)
     check_encoder_matches(encoder, text_config)
     store = EmbeddingStore.create(out_dir, store_meta(encoder, text_config))

@@ -157,7 +157,10 @@ def _cpu_supports_bf16() -> bool:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """The GPU of this process under torchrun (``LOCAL_RANK``), else the first GPU, else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
