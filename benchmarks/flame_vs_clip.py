@@ -36,6 +36,16 @@ from flame.config import read_params  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 MODES = ("flame", "clip")
+# What both modes share on top of --base-profile, sized for 2 busy CPU cores: the same image tower
+# (ViT-Tiny width, 6 blocks, 64 px, 16x16 patches), one frozen-LLM prompt per caption (K = 5 positives
+# per image, the raw PromptEOL prompt), a small CLIP text tower (2 blocks of width 128, 48 tokens: every
+# Flickr8k caption fits) and one zero-shot template per class.
+BENCH_OVERRIDES = {
+    "image": {"img_size": 64, "patch_size": 16, "model_kwargs": {"depth": 6}},
+    "text": {"views": [{"field": "caption", "facet_set": "raw"}]},
+    "clip_text": {"width": 128, "heads": 4, "layers": 2, "context_length": 48},
+    "eval": {"templates": "single"},
+}
 BENCHMARKS = ("flickr8k-dev-retrieval", "flickr8k-dev-long", "flickr8k-dev-multilingual", "imagenet-200x5-zeroshot")
 # Rows of the markdown table (all summary metrics are in the JSON).
 TABLE = [
@@ -63,11 +73,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="where flame_vs_clip.json/.md and the PNG plots are written")
     p.add_argument("--data", default=str(DATA / "flickr8k-866"), help="the flickr8k-866 folder (manifest.jsonl + images/)")
     p.add_argument("--seeds", default="0,1,2", help="comma list of training seeds (each mode trains once per seed)")
-    p.add_argument("--epochs", type=int, default=20, help="training epochs of every run (the equal budget)")
+    p.add_argument("--modes", default="flame,clip",
+                   help="modes to train and evaluate in this invocation (e.g. 'clip' while the embeddings are made "
+                   "elsewhere); the results files are written once both modes have every seed")
+    p.add_argument("--train-shards", type=int, default=None,
+                   help="train on the first N shards (256 images each) only, for a smaller budget (default: all)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs of every run (the equal budget)")
     p.add_argument("--batch-size", type=int, default=64, help="global batch size of every run")
-    p.add_argument("--warmup-steps", type=int, default=20, help="LR warm-up steps of every run")
+    p.add_argument("--warmup-steps", type=int, default=10, help="LR warm-up steps of every run")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers of every run")
     p.add_argument("--base-profile", default="tiny", help="profile of params.yaml both modes extend (image tower, loss, LR)")
+    p.add_argument("--aggregate-only", action="store_true",
+                   help="train and evaluate nothing: write the results from the runs of --work that are complete")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of each benchmark (quick checks)")
     p.add_argument("--tracking-uri", default=None, help="also log the results and plots to this MLflow tracking URI")
     return p.parse_args(argv)
@@ -99,23 +116,37 @@ def write_params(work: Path, args, seeds: list[int]) -> Path:
     params = read_params(ROOT / "params.yaml")
     budget = {"epochs": args.epochs, "batch_size": args.batch_size, "warmup_steps": args.warmup_steps,
               "workers": args.workers}
+    params["profiles"]["bench"] = {"extends": args.base_profile, **BENCH_OVERRIDES}
     for mode in MODES:
-        parent = args.base_profile if mode == "flame" else "clip"
         for seed in seeds:
             params["profiles"][f"{mode}-s{seed}"] = {
-                "extends": parent, "text": {"mode": mode}, "train": {**budget, "seed": seed}}
-    path = work / "params.yaml"
+                "extends": "bench", "text": {"mode": mode}, "train": {**budget, "seed": seed}}
+    path = work / f"params-s{'-'.join(map(str, seeds))}.yaml"  # one per seed list: invocations may run side by side
     write_text(path, yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     return path
 
 
-def run_mode(mode: str, seed: int, work: Path, params: Path, store: Path, args) -> dict:
+def train_shards(work: Path, count: int | None) -> Path:
+    """The downloaded shard folder, or a folder linking its first ``count`` shards."""
+    if count is None:
+        return work / "shards"
+    subset = work / f"shards-first{count}"
+    subset.mkdir(exist_ok=True)
+    for tar in sorted((work / "shards").glob("*.tar"))[:count]:
+        for member in (tar, tar.with_suffix(".parquet"), tar.with_name(tar.stem + "_stats.json")):
+            link = subset / member.name
+            if not link.exists():
+                link.symlink_to(member.resolve())
+    return subset
+
+
+def run_mode(mode: str, seed: int, work: Path, shards: Path, params: Path, store: Path, args) -> dict:
     run = work / "runs" / f"{mode}-s{seed}"
     common = ["--config", str(params), "--profile", f"{mode}-s{seed}"]
     summary_file = run / "train_summary.json"
     done = summary_file.exists() and json.loads(summary_file.read_text())["epochs"] >= args.epochs
     if not done:
-        train = ["train", *common, "--shards", str(work / "shards"), "--out", str(run), "--resume"]
+        train = ["train", *common, "--shards", str(shards), "--out", str(run), "--resume"]
         if mode == "flame":
             train += ["--embeddings", str(store)]
         started = time.perf_counter()
@@ -244,33 +275,67 @@ def main(argv=None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     started = time.perf_counter()
 
-    images = write_train_manifest(Path(args.data), work / "train.jsonl")
+    if args.aggregate_only:
+        return finish(args, work, results_dir, seeds, completed_runs(work, seeds), embed_seconds=None, started=started)
+    write_train_manifest(Path(args.data), work / "train.jsonl")
     params = write_params(work, args, seeds)
-    flame_cli("download", "--config", str(params), "--profile", args.base_profile,
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    flame_cli("download", "--config", str(params), "--profile", "bench",
               "--manifest", str(work / "train.jsonl"), "--out", str(work / "shards"))
+    shards = train_shards(work, args.train_shards)
     t0 = time.perf_counter()
-    flame_cli("embed", "--config", str(params), "--profile", args.base_profile,
-              "--input", str(work / "shards"), "--out", str(work / "embeddings"))
+    if "flame" in modes:
+        flame_cli("embed", "--config", str(params), "--profile", "bench",
+                  "--input", str(shards), "--out", str(work / "embeddings"))
     embed_seconds = time.perf_counter() - t0
     store = work / "embeddings"
 
     runs = {mode: [] for mode in MODES}
     for seed in seeds:  # paired by seed, so a stopped benchmark still has comparable runs
-        for mode in MODES:
-            runs[mode].append(run_mode(mode, seed, work, params, store, args))
-    steps = runs["flame"][0]["train"]["steps"]
+        for mode in modes:
+            runs[mode].append(run_mode(mode, seed, work, shards, params, store, args))
+    if set(modes) != set(MODES):
+        print(json.dumps({m: [r["summary"] for r in rs] for m, rs in runs.items()}, sort_keys=True))
+        return {}
+    return finish(args, work, results_dir, seeds, runs, embed_seconds, started)
+
+
+def completed_runs(work: Path, seeds: list[int]) -> dict[str, list[dict]]:
+    """The runs of ``work`` that finished training and evaluation, per mode."""
+    runs = {mode: [] for mode in MODES}
+    for mode in MODES:
+        for seed in seeds:
+            run = work / "runs" / f"{mode}-s{seed}"
+            if (run / "eval.json").exists() and (run / "train_summary.json").exists():
+                runs[mode].append({"seed": seed, "summary": json.loads((run / "eval.json").read_text())["summary"],
+                                   "train": json.loads((run / "train_summary.json").read_text()),
+                                   "curve": read_curve(run / "metrics.jsonl")})
+    missing = [m for m, rs in runs.items() if not rs]
+    if missing:
+        raise SystemExit(f"no complete run of mode(s) {missing} in {work / 'runs'}")
+    return runs
+
+
+def finish(args, work: Path, results_dir: Path, seeds: list[int], runs: dict, embed_seconds, started) -> dict:
+    seeds = {mode: [r.get("seed", s) for r, s in zip(rs, seeds)] for mode, rs in runs.items()}
+    first = runs["flame"][0]["train"]
+    steps, images, epochs, batch = first["steps"], first["samples"], first["epochs"], first["batch_size"]
+    trained = {(r["train"]["steps"], r["train"]["samples"], r["train"]["batch_size"]) for rs in runs.values() for r in rs}
+    if len(trained) != 1:
+        raise SystemExit(f"the runs do not share one budget (steps, samples, batch): {sorted(trained)}")
     budget = {
-        "train_images": images, "captions_per_image": 5, "epochs": args.epochs, "batch_size": args.batch_size,
+        "train_images": images, "captions_per_image": 5, "epochs": epochs, "batch_size": batch,
         "steps": steps, "seeds": seeds, "base_profile": args.base_profile, "warmup_steps": args.warmup_steps,
         "device": runs["flame"][0]["train"]["device"], "precision": runs["flame"][0]["train"]["precision"],
-        "embed_seconds_this_invocation": round(embed_seconds, 1),
+        "embed_seconds_this_invocation": None if embed_seconds is None else round(embed_seconds, 1),
         "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
     }
     budget["description"] = (
-        f"{images} Flickr8k training images x 5 captions, {args.epochs} epochs = {steps} steps of batch "
-        f"{args.batch_size} per run, profile {args.base_profile!r} image tower (both modes), seeds {seeds}, "
+        f"{images} Flickr8k training images x 5 captions, {epochs} epochs = {steps} steps of batch "
+        f"{batch} per run (warm-up {args.warmup_steps}), profile {args.base_profile!r} + {json.dumps(BENCH_OVERRIDES)} (both modes), seeds {seeds}, "
         f"{budget['precision']} on {budget['device']}. Command: `python benchmarks/flame_vs_clip.py "
-        f"--epochs {args.epochs} --seeds {args.seeds}`"
+        f"--epochs {epochs} --batch-size {batch} --warmup-steps {args.warmup_steps} --seeds {args.seeds}"
+        f"{'' if args.train_shards is None else f' --train-shards {args.train_shards}'}`"
     )
     results = aggregate(runs)
     payload = {**results, "budget": budget}

@@ -51,7 +51,7 @@ def test_tokenizer_and_tower_handle_multilingual_text():
 @pytest.mark.slow
 def test_clip_mode_trains_saves_and_reloads(sample_shards, tmp_path):
     out = tmp_path / "clip"
-    summary = run_training(clip_config(epochs=2), sample_shards, None, out)
+    summary = run_training(clip_config(epochs=2, batch_size=16), sample_shards, None, out)
     assert summary["steps"] == 2 * summary["steps_per_epoch"] > 0
     assert all(torch.isfinite(torch.tensor(summary["losses"])))
     assert summary["losses"][-1] < summary["losses"][0]
@@ -79,6 +79,7 @@ def test_flame_mode_still_needs_embeddings(sample_shards, tmp_path):
         run_training(tiny_train_config(), sample_shards, None, tmp_path / "flame")
 
 
+@pytest.mark.slow
 def test_train_cli_in_clip_mode_needs_no_embeddings(sample_shards, tmp_path):
     out = tmp_path / "cli"
     done = subprocess.run(
