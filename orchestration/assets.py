@@ -356,12 +356,17 @@ def global_tracking_uri(uri: str):
     not the client's (an MLflow TODO), so point it at our store while registering."""
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
+    # set_tracking_uri also exports $MLFLOW_TRACKING_URI; put back exactly what was there.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 def blocking_check_failures(context: AssetExecutionContext, check_keys) -> list[str]:
