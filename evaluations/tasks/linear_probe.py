@@ -39,10 +39,11 @@ def evaluate_linear_probe(model, data: ClassificationSet, train_per_class: int =
     labels = np.asarray(data.labels)
     clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
     clf.fit(features[train], labels[train])
-    # predict_proba's columns follow clf.classes_; a class absent from training scores 0.
-    scores = np.zeros((len(test), len(data.classnames)))
-    scores[:, clf.classes_] = clf.predict_proba(features[test])
-    metrics = classification_metrics(torch.from_numpy(scores), labels[test], prefix="lp_")
-    details = {"n_train": len(train), "n_test": len(test), "n_classes": len(data.classnames), "C": c}
+    # Scored over the classes the probe was trained on (predict_proba's columns), so the
+    # chance level is 1/(classes seen); every test image's class has training images.
+    column = {label: i for i, label in enumerate(clf.classes_)}
+    targets = np.asarray([column[label] for label in labels[test]])
+    metrics = classification_metrics(torch.from_numpy(clf.predict_proba(features[test])), targets, prefix="lp_")
+    details = {"n_train": len(train), "n_test": len(test), "n_classes": len(clf.classes_), "C": c}
     return TaskOutput(metrics, details)
 
