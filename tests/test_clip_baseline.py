@@ -74,9 +74,9 @@ def test_clip_mode_trains_saves_and_reloads(sample_shards, tmp_path):
     assert torch.allclose(texts, again)
 
 
-def test_flame_mode_still_needs_embeddings(sample_shards, tmp_path):
-    with pytest.raises(FlameError, match="embeddings"):
-        run_training(tiny_train_config(), sample_shards, None, tmp_path / "flame")
+def test_flame_mode_still_needs_embeddings(tmp_path):
+    with pytest.raises(FlameError, match="--embeddings"):
+        run_training(tiny_train_config(), tmp_path / "shards", None, tmp_path / "flame")
 
 
 @pytest.mark.slow
