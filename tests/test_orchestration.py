@@ -6,7 +6,6 @@ import pytest
 from dagster import (
     AssetKey,
     DagsterInstance,
-    RunRequest,
     SensorResult,
     SkipReason,
     build_schedule_context,
