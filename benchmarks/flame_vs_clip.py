@@ -42,7 +42,7 @@ MODES = ("flame", "clip")
 # Flickr8k caption fits) and one zero-shot template per class.
 BENCH_OVERRIDES = {
     "image": {"img_size": 64, "patch_size": 16, "model_kwargs": {"depth": 6}},
-    "text": {"views": [{"field": "caption", "facet_set": "raw"}]},
+    "text": {"captions_per_sample": 5, "views": [{"field": "caption", "facet_set": "raw"}]},
     "clip_text": {"width": 128, "heads": 4, "layers": 2, "context_length": 48},
     "eval": {"templates": "single"},
 }
