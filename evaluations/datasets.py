@@ -8,13 +8,13 @@ into embeddings; nothing here touches a model.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from flame.errors import FlameError
+from flame.jsonl import iter_jsonl
 
 DEFAULT_IMAGE_FIELDS = ("image", "url")
 DEFAULT_CAPTION_FIELDS = ("captions", "caption")
@@ -137,22 +137,13 @@ def read_manifest(
         raise FlameError(f"{path}: evaluation manifests are JSONL (one JSON object per line)")
     image_fields = tuple(image_fields)
     rows: list[Row] = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FlameError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise FlameError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
-            if where and any(record.get(k) != v for k, v in where.items()):
-                continue
-            ref = next((record[f] for f in image_fields if record.get(f)), None)
-            if not isinstance(ref, str):
-                raise FlameError(f"{path}:{n}: no image path; expected a string in one of the keys {list(image_fields)}")
-            rows.append(Row(n, resolve_image(ref, path.parent), record))
+    for n, record in iter_jsonl(path):
+        if where and any(record.get(k) != v for k, v in where.items()):
+            continue
+        ref = next((record[f] for f in image_fields if record.get(f)), None)
+        if not isinstance(ref, str):
+            raise FlameError(f"{path}:{n}: no image path; expected a string in one of the keys {list(image_fields)}")
+        rows.append(Row(n, resolve_image(ref, path.parent), record))
     if not rows:
         raise FlameError(f"{path}: no rows" + (f" matching {where}" if where else ""))
     return rows
@@ -263,20 +254,13 @@ def load_text_pairs(path: str | Path, query_field: str, target_field: str, name:
     if not path.is_file():
         raise FlameError(f"text-pair file not found: {path}")
     queries, targets = [], []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FlameError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-            q, t = record.get(query_field), record.get(target_field)
-            if isinstance(q, str) and isinstance(t, str) and q.strip() and t.strip():
-                queries.append(q.strip())
-                targets.append(t.strip())
-            if limit and len(queries) >= limit:
-                break
+    for _, record in iter_jsonl(path):
+        q, t = record.get(query_field), record.get(target_field)
+        if isinstance(q, str) and isinstance(t, str) and q.strip() and t.strip():
+            queries.append(q.strip())
+            targets.append(t.strip())
+        if limit and len(queries) >= limit:
+            break
     if not queries:
         raise FlameError(f"{path}: no row has both {query_field!r} and {target_field!r}")
     return TextPairSet(name or path.stem, queries, targets)

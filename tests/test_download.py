@@ -58,8 +58,8 @@ def test_image_column_csv_and_parquet_manifests(tmp_path):
     [
         ("nourl.jsonl", b'{"link": "a.jpg", "caption": "x"}\n', "no URL column 'url'"),
         ("nocap.jsonl", b'{"url": "a.jpg", "text": "x"}\n', "no caption column 'caption'"),
-        ("latin1.jsonl", b'{"url": "a.jpg", "caption": "caf\xe9"}\n', "line 1 is not UTF-8"),
-        ("broken.jsonl", b'{"url": "a.jpg", "caption": "x"}\n{"url": \n', "line 2 is not valid JSON"),
+        ("latin1.jsonl", b'{"url": "a.jpg", "caption": "caf\xe9"}\n', "latin1.jsonl:1: not UTF-8"),
+        ("broken.jsonl", b'{"url": "a.jpg", "caption": "x"}\n{"url": \n', "broken.jsonl:2: invalid JSON"),
         ("latin1.csv", b"url,caption\na.jpg,caf\xe9\n", "not UTF-8"),
         ("garbage.parquet", b"not parquet at all", "not a readable parquet file"),
         ("scheme.jsonl", b'{"url": "s3://bucket/a.jpg", "caption": "x"}\n', "row 1, column 'url': unsupported URL scheme"),

@@ -180,7 +180,7 @@ def test_non_utf8_jsonl_fails_naming_the_file(tmp_path, capsys):
     bad.write_bytes('{"caption": "caf\u00e9"}\n'.encode("latin-1"))
     code = cli_main(["embed", "--input", str(bad), "--out", str(tmp_path / "o")])
     assert code == 2
-    assert "latin1.jsonl: not UTF-8" in capsys.readouterr().err
+    assert "latin1.jsonl:1: not UTF-8" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # failed before loading the LLM or creating the store
 
 

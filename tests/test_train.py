@@ -47,7 +47,6 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(two_epochs):
     assert summary["epochs"] == 2 and summary["steps"] == 8 and summary["steps_per_epoch"] == 4
     assert len(summary["losses"]) == 2
     assert summary["losses"][1] < summary["losses"][0]
-    assert summary["last_loss"] < summary["first_loss"]
     assert summary["skipped"] == {"corrupt_images": 0, "missing_embeddings": 0}
     assert summary["images_per_sec"] > 0 and 0 <= summary["data_wait_share"] < 1
     assert json.loads((out / "train_summary.json").read_text()) == summary

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from flame.errors import FlameError
+from flame.jsonl import iter_jsonl
 
 REMOTE_SCHEMES = ("http", "https")
 # Columns img2dataset writes itself; a manifest column of that name is kept as ``manifest_<name>``.
@@ -43,26 +44,6 @@ def _is_missing(value) -> bool:
     if isinstance(value, float) and math.isnan(value):
         return True
     return isinstance(value, str) and not value.strip()
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise FlameError(f"{path}: line {lineno} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FlameError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise FlameError(f"{path}: line {lineno} is not a JSON object")
-            rows.append(obj)
-    return rows
 
 
 def _read_csv(path: Path, delimiter: str) -> list[dict]:
@@ -108,7 +89,7 @@ def read_rows(path: str | Path) -> list[dict]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".jsonl", ".ndjson", ".json"):
-            return _read_jsonl(path)
+            return [record for _, record in iter_jsonl(path)]
         if suffix == ".csv":
             return _read_csv(path, ",")
         if suffix == ".tsv":

@@ -9,7 +9,6 @@ of resumption: existing shard files are never recomputed.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from flame.config import FlameConfig, TextConfig
 from flame.data.shards import ShardSample, iter_shard, list_shards, shard_name
 from flame.errors import FlameError
+from flame.jsonl import iter_jsonl
 from flame.text.encoder import TextEncoder
 from flame.text.prompts import normalise_caption
 from flame.text.store import EmbeddingStore, fingerprint_of
@@ -37,32 +37,14 @@ class InputShard:
         if self.path.suffix == ".tar":
             yield from iter_shard(self.path, with_images=False)
         else:
-            yield from iter_jsonl(self.path, self.name, self.caption_col)
+            yield from iter_jsonl_samples(self.path, self.name, self.caption_col)
 
 
-def _check_utf8(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FlameError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-
-
-def iter_jsonl(path: Path, shard: str, caption_col: str | None = None) -> Iterator[ShardSample]:
+def iter_jsonl_samples(path: Path, shard: str, caption_col: str | None = None) -> Iterator[ShardSample]:
     """Samples of a JSONL manifest; key = its ``key`` field, else the zero-padded record index.
     ``caption_col`` names the column read as the ``caption`` field (e.g. ``en``)."""
-    text = _check_utf8(path)
-    index = 0
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise FlameError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise FlameError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+    for index, (_, record) in enumerate(iter_jsonl(path)):
         key = str(record["key"]) if record.get("key") is not None else f"{index:09d}"
-        index += 1
         if caption_col and caption_col not in ("caption", "captions"):
             record = {**record, "captions": record.get(caption_col)}
         yield ShardSample(key=key, shard=shard, text=None, meta=record)
@@ -75,7 +57,8 @@ def input_shards(path: str | Path, caption_col: str | None = None) -> list[Input
     if path.is_file():
         if path.suffix not in (".jsonl", ".json"):
             raise FlameError(f"{path}: expected a folder of .tar shards or a .jsonl manifest")
-        _check_utf8(path)  # fail before the LLM is loaded
+        for _ in iter_jsonl(path):  # fail on bad input before the LLM is loaded
+            pass
         return [InputShard(path.stem, path, caption_col)]
     raise FlameError(f"embedding input not found: {path}")
 
