@@ -1,5 +1,5 @@
 """The whole asset graph materialised in-process on a small slice (32 images, two data
-shards, 2 tiny epochs), with a failed training step that leaves the data assets valid
+shards, 20 tiny epochs), with a failed training step that leaves the data assets valid
 and a re-run (the demo's code path) that continues from them."""
 
 import json
@@ -109,7 +109,7 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
         image = Image.open(SAMPLE / "images" / "1000268201_693b08cb0e.jpg").convert("RGB")
         with torch.no_grad():
             assert model.encode_image(model.preprocess(image)[None]).shape == (1, store.D)
-        assert trained["steps"] == 4 and len(trained["epoch_losses"]) == 2
+        assert trained["steps"] == 40 and len(trained["epoch_losses"]) == 20
 
         scored = _meta(instance, "evaluation")
         gate = config.registry.gate_metric
@@ -125,7 +125,7 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
         assert set(version.aliases) == {"champion", "challenger"}
         run = client.get_run(trained["mlflow_run_id"])
         assert version.run_id == run.info.run_id
-        assert run.data.params["train.epochs"] == "2"
+        assert run.data.params["train.epochs"] == "20"
         # Data versions: the storage root here is outside the repository, so DVC says so.
         assert run.data.tags["git.commit"] and str(storage / "shards") in run.data.tags["dvc.unversioned"]
         assert any(name.startswith("sample-dev-retrieval/") for name in run.data.metrics)

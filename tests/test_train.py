@@ -100,7 +100,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(one_epoch, sample_sha
     store = EmbeddingStore.open(store_dir)
     keys, emb = store.read("00000")
     emb = emb.float().clone()
-    emb[0, 0, 0] = float("nan")  # one poisoned embedding, same store fingerprint
+    emb[0, :, 0] = float("nan")  # one poisoned sample (every positive, whichever m are drawn), same fingerprint
     store.write("00000", keys, emb)
     before = _params(out)
 
