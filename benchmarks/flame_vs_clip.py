@@ -266,18 +266,18 @@ def plot(runs: dict[str, list[dict]], results: dict, out_dir: Path) -> list[Path
 def log_to_mlflow(uri: str, results: dict, budget: dict, files: list[Path]) -> str:
     import mlflow
 
-    from flame.tracking_mlflow import check_tracking_uri, mlflow_metric_name
+    from flame.mlflow.store import check_tracking_uri, metric_name, using_tracking_uri
 
     check_tracking_uri(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("flame-vs-clip")
-    with mlflow.start_run(run_name="flame-vs-clip") as run:
-        mlflow.log_params({k: v for k, v in budget.items() if k != "description"})
-        for mode, metrics in results.items():
-            mlflow.log_metrics({mlflow_metric_name(f"{mode}/{k}/mean"): v["mean"] for k, v in metrics.items()})
-        for path in files:
-            mlflow.log_artifact(str(path))
-        return run.info.run_id
+    with using_tracking_uri(uri):
+        mlflow.set_experiment("flame-vs-clip")
+        with mlflow.start_run(run_name="flame-vs-clip") as run:
+            mlflow.log_params({k: v for k, v in budget.items() if k != "description"})
+            for mode, metrics in results.items():
+                mlflow.log_metrics({metric_name(f"{mode}/{k}/mean"): v["mean"] for k, v in metrics.items()})
+            for path in files:
+                mlflow.log_artifact(str(path))
+            return run.info.run_id
 
 
 def main(argv=None) -> dict:

@@ -38,8 +38,9 @@ def main() -> None:
     import mlflow
     import pandas as pd
 
-    from flame import registry
-    from flame.tracking_mlflow import MlflowTracker
+    from flame.mlflow import gate
+    from flame.mlflow.pyfunc import log_flame_model
+    from flame.mlflow.tracker import MlflowTracker
 
     images = sorted((ROOT / "data" / "sample" / "images").glob("*.jpg"))[: args.images]
     payload = pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in images]})
@@ -52,7 +53,7 @@ def main() -> None:
         t0 = time.perf_counter()
         with MlflowTracker(config) as tracker:
             tracker.log_metrics({config.registry.gate_metric: 0.1})
-            model_uri = tracker.log_model(checkpoint)
+            model_uri = log_flame_model(config, checkpoint, run_id=tracker.run_id)
         log_s = time.perf_counter() - t0
 
         mlflow.set_tracking_uri(uri)
@@ -67,7 +68,7 @@ def main() -> None:
         reg_s = []
         for i in range(args.registrations):
             t0 = time.perf_counter()
-            registry.register_model(config, model_uri, run_id=tracker.run_id, metrics={config.registry.gate_metric: 0.1 + i / 100})
+            gate.register_model(config, model_uri, run_id=tracker.run_id, metrics={config.registry.gate_metric: 0.1 + i / 100})
             reg_s.append(time.perf_counter() - t0)
 
     print(json.dumps({

@@ -42,6 +42,7 @@ from flame.train.distributed import DistContext  # noqa: E402
 from flame.train.optim import build_optimizer, build_scheduler  # noqa: E402
 from flame.train.precision import autocast, resolve_precision  # noqa: E402
 from flame.train.step import TrainStep  # noqa: E402
+from flame.train.text_modes.frozen_llm import FrozenLLMMode  # noqa: E402
 
 SAMPLE = ROOT / "data" / "sample"
 LLM_WIDTH = 576  # SmolLM2-135M's hidden size (the tiny profile's text encoder)
@@ -79,7 +80,7 @@ def flame_step_runner(config, precision: str, batch: int):
     torch.manual_seed(0)
     model = FlameModel(config.image, LLM_WIDTH, text_config=config.text.model_dump(mode="json"))
     optimizer = build_optimizer(model, config.train)
-    step = TrainStep(model, model, optimizer, build_scheduler(optimizer, config.train, 10_000),
+    step = TrainStep(model, model, FrozenLLMMode.features, optimizer, build_scheduler(optimizer, config.train, 10_000),
                      get_loss(config.train.loss), precision, config.train.grad_clip,
                      config.train.max_logit_scale, DistContext())
     pixels = torch.randn(batch, 3, config.image.img_size, config.image.img_size)

@@ -1,7 +1,7 @@
 """Evaluation datasets read from JSONL manifests.
 
 A manifest line is one image: ``image`` (a path relative to the manifest, an absolute
-path, or a URL) with ``captions`` (a list or one string) or a ``label``. Other keys
+path, a ``file://`` or ``http(s)://`` URL; resolved as ``flame download`` resolves them) with ``captions`` (a list or one string) or a ``label``. Other keys
 name other caption fields, e.g. ``zh``. Loaders return plain lists that the tasks turn
 into embeddings; nothing here touches a model.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from flame.data.manifest import resolve_location
 from flame.errors import FlameError
 from flame.jsonl import iter_jsonl
 
@@ -114,16 +115,6 @@ class TextPairSet:
     targets: list[str]
 
 
-def resolve_image(ref: str, base: Path) -> str:
-    """A URL stays as is (``file://`` becomes a path); a relative path is taken from ``base``."""
-    if "://" in ref:
-        if ref.startswith("file://"):
-            return ref[len("file://"):]
-        return ref
-    path = Path(ref)
-    return str(path if path.is_absolute() else base / path)
-
-
 def read_manifest(
     path: str | Path,
     image_fields: Iterable[str] = DEFAULT_IMAGE_FIELDS,
@@ -143,7 +134,11 @@ def read_manifest(
         ref = next((record[f] for f in image_fields if record.get(f)), None)
         if not isinstance(ref, str):
             raise FlameError(f"{path}:{n}: no image path; expected a string in one of the keys {list(image_fields)}")
-        rows.append(Row(n, resolve_image(ref, path.parent), record))
+        try:
+            location = resolve_location(ref, path.parent)
+        except ValueError as exc:
+            raise FlameError(f"{path}:{n}: {exc}") from None
+        rows.append(Row(n, location, record))
     if not rows:
         raise FlameError(f"{path}: no rows" + (f" matching {where}" if where else ""))
     return rows

@@ -12,8 +12,10 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from evaluations.images import read_image
 from evaluations.text_cache import TextEmbeddingCache
+from flame.config import RAW_FACET_SET
+from flame.data.images import read_image
+
 
 @torch.inference_mode()
 def embed_images(model, images: Sequence[str], batch_size: int = 64, desc: str = "embedding images") -> torch.Tensor:
@@ -29,7 +31,7 @@ def embed_images(model, images: Sequence[str], batch_size: int = 64, desc: str =
 
 
 @torch.inference_mode()
-def embed_texts(model, texts: Sequence[str], facet_set: str = "raw", batch_size: int = 64, desc: str = "embedding texts",
+def embed_texts(model, texts: Sequence[str], facet_set: str = RAW_FACET_SET, batch_size: int = 64, desc: str = "embedding texts",
                 use_cache: bool = False) -> torch.Tensor:
     """``[N, D]`` float32 embeddings from ``model.encode_text`` (frozen LLM, facet-averaged), L2-normalised."""
     texts = list(texts)

@@ -12,9 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from evaluations.images import read_image  # noqa: E402
 from evaluations.tasks import RetrievalExamples  # noqa: E402
 from flame.atomic import atomic_path  # noqa: E402
+from flame.data.images import read_image  # noqa: E402
 
 
 def metric_bars(metrics: dict[str, float], path: str | Path, title: str) -> Path | None:

@@ -15,9 +15,9 @@ import torch
 
 from evaluations import datasets as ds
 from evaluations.embedding import embed_images
-from evaluations.images import check_images
+from evaluations.image_checks import check_images
 from evaluations.plots import metric_bars, retrieval_grid
-from evaluations.registry import BENCHMARKS, get_benchmark
+from evaluations.benchmarks import BENCHMARKS, get_benchmark
 from evaluations.tasks import MANIFEST_TASKS, TASK_JSON_NAMES, TaskOutput
 from evaluations.tasks.linear_probe import evaluate_linear_probe
 from evaluations.tasks.multilingual_retrieval import evaluate_multilingual
@@ -25,7 +25,7 @@ from evaluations.tasks.retrieval import evaluate_retrieval
 from evaluations.tasks.text_pair_retrieval import evaluate_text_pairs
 from evaluations.tasks.zeroshot_classification import evaluate_zeroshot
 from evaluations.templates import get_templates
-from flame.config import EvalConfig
+from flame.config import LONG_FACET_SET, RAW_FACET_SET, EvalConfig
 from flame.errors import FlameError
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,9 @@ def describe_model(model) -> str:
 def run_task(model, task: str, data, config: EvalConfig, image_emb: torch.Tensor | None = None) -> TaskOutput:
     bs, cache = config.batch_size, config.text_cache
     if task == "retrieval":
-        return evaluate_retrieval(model, data, "raw", bs, config.example_queries, image_emb, cache)
+        return evaluate_retrieval(model, data, RAW_FACET_SET, bs, config.example_queries, image_emb, cache)
     if task == "long_retrieval":
-        return evaluate_retrieval(model, data, "long", bs, config.example_queries, image_emb, cache)
+        return evaluate_retrieval(model, data, LONG_FACET_SET, bs, config.example_queries, image_emb, cache)
     if task == "multilingual_retrieval":
         return evaluate_multilingual(model, data, bs, cache, image_emb)
     if task == "zeroshot_classification":

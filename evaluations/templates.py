@@ -114,6 +114,3 @@ def get_templates(name: str) -> tuple[str, ...]:
     except KeyError:
         raise ValueError(f"unknown template set {name!r}; available: {sorted(TEMPLATE_SETS)}") from None
 
-
-def fill(templates: tuple[str, ...] | list[str], classname: str) -> list[str]:
-    return [t.format(classname) for t in templates]

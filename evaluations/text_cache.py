@@ -12,22 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from flame.atomic import atomic_path
+from flame.cache import cache_dir
 
 log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
     """``$FLAME_EVAL_CACHE``, else ``$FLAME_CACHE/eval-text`` (default ``~/.cache/flame/eval-text``)."""
-    if os.environ.get("FLAME_EVAL_CACHE"):
-        return Path(os.environ["FLAME_EVAL_CACHE"])
-    return Path(os.environ.get("FLAME_CACHE", Path.home() / ".cache" / "flame")) / "eval-text"
+    return cache_dir("eval-text", env_override="FLAME_EVAL_CACHE")
 
 
 def _key(text: str) -> str:

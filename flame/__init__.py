@@ -1,8 +1,34 @@
 """FLAME: frozen-LLM language-image pre-training, as a library.
 
-Subpackages: ``flame.text`` (frozen LLM, facet-decoupled embeddings, store),
-``flame.data`` (img2dataset ingestion, shard reading), ``flame.model`` (image
-tower, FlameModel), ``flame.train`` (losses, loop, checkpoints), ``flame.tracking``.
+Its public face, imported on first use so that ``import flame.config`` stays light:
+
+- ``flame.load(path) -> FlameModel``: a trained checkpoint folder;
+- ``flame.load_encoder(profile_or_path) -> TextEncoder``: the frozen LLM with its prompts;
+- ``flame.load_config(path=None, profile=None) -> FlameConfig``: one profile of params.yaml.
+
+Packages: ``flame.text`` (frozen LLM, facet-decoupled prompts, embedding store),
+``flame.data`` (manifests, img2dataset ingestion, shards, the image reader),
+``flame.model`` (FlameModel, its towers, transforms, zero-shot), ``flame.train`` (the
+loop, text modes, batches), ``flame.losses``, ``flame.checkpoint`` (the folder layout),
+``flame.tracking`` and ``flame.mlflow`` (tracking, pyfunc, registry gate). The command
+line (``flame.cli``, ``flame.commands``) sits on top and also drives ``evaluations``.
 """
 
 __version__ = "0.1.0"
+__all__ = ["FlameModel", "load", "load_config", "load_encoder"]
+
+
+def __getattr__(name: str):
+    if name in ("FlameModel", "load"):
+        import flame.model
+
+        return getattr(flame.model, name)
+    if name == "load_encoder":
+        from flame.text import load_encoder
+
+        return load_encoder
+    if name == "load_config":
+        from flame.config import load_config
+
+        return load_config
+    raise AttributeError(f"module 'flame' has no attribute {name!r}")

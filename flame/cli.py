@@ -1,5 +1,5 @@
-"""The ``flame`` command line. Each subcommand lives in ``flame/commands/<name>.py``
-and exposes ``HELP``, ``add_arguments(parser)`` and ``run(args, config) -> int``."""
+"""The ``flame`` command line. Each subcommand lives in a module of ``flame/commands/``
+exposing ``HELP``, ``add_arguments(parser)`` and ``run(args, config) -> int``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,20 @@ import sys
 from flame.config import ConfigError, load_config
 from flame.errors import FlameError
 
-COMMANDS = ["download", "embed", "train", "evaluate", "predict", "registry", "demo"]
+# command name -> its module in flame/commands/
+COMMANDS = {
+    "download": "download",
+    "embed": "embed",
+    "train": "train",
+    "evaluate": "evaluate",
+    "predict": "predict",
+    "registry": "model_registry",
+    "demo": "demo",
+}
 
 
 def _command_module(name: str):
-    return importlib.import_module(f"flame.commands.{name}")
+    return importlib.import_module(f"flame.commands.{COMMANDS[name]}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = _command_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != f"flame.commands.{name}":
+            if exc.name != f"flame.commands.{COMMANDS[name]}":
                 raise
             continue
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)

@@ -17,6 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+# The facet set of one prompt around the caption: what texts are embedded with unless a
+# task asks for another (e.g. "long", the facets averaged for long descriptions).
+RAW_FACET_SET = "raw"
+LONG_FACET_SET = "long"
+
+
 class ConfigError(ValueError):
     """A configuration file or value is wrong; the message names the key."""
 
@@ -46,7 +52,7 @@ class TextView(_Section):
     """Which caption field is embedded with which facet set to make an image's positives."""
 
     field: str = "caption"
-    facet_set: str = "raw"
+    facet_set: str = RAW_FACET_SET
 
 
 class TextConfig(_Section):
@@ -145,7 +151,7 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    # Names from evaluations.registry.BENCHMARKS, or ["all"]; the gate metric lives in registry.
+    # Names from evaluations.benchmarks.BENCHMARKS, or ["all"]; the gate metric lives in registry.
     benchmarks: list[str] = Field(default_factory=lambda: ["sample-dev-retrieval"])
     batch_size: int = Field(64, ge=1)
     templates: Literal["openai", "short", "single"] = "short"
@@ -166,7 +172,6 @@ class TrackingConfig(_Section):
     tracking_uri: str = "sqlite:///mlflow.db"
     # None: "flame-<profile>".
     experiment: str | None = None
-    log_model: bool = True
     # Seconds to wait for a tracking server's /health before training is refused.
     connect_timeout: float = Field(5.0, gt=0)
 
@@ -186,7 +191,6 @@ class OrchestrationConfig(_Section):
     # Prefix of the training subprocess, e.g. [torchrun, --nnodes=2, --nproc_per_node=8, ...];
     # empty: the current Python interpreter.
     train_launcher: list[str] = Field(default_factory=list)
-    dvc_remote: str = "../.dvc-remote"
     # Manifests always in the data set (relative paths: to the repo root); new ones land in incoming_dir.
     manifests: list[str] = Field(default_factory=lambda: ["data/sample/train.jsonl"])
     # Dagster executor: "in_process", "multiprocess", or "module:attribute" of an installed

@@ -1,6 +1,6 @@
 """A small tracker interface: the training loop logs through it, never to a backend directly.
 
-Backends here: console and JSONL. ``flame.tracking_mlflow`` adds MLflow behind the same interface.
+Backends here: console and JSONL. ``flame.mlflow.tracker`` adds MLflow behind the same interface.
 """
 
 from __future__ import annotations
@@ -83,12 +83,3 @@ class MultiTracker(NullTracker):
         for t in self.trackers:
             t.close(status)
 
-
-def read_jsonl_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The metric records of a JSONL log, in order."""
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        if "metrics" in rec:
-            out.append(rec)
-    return out

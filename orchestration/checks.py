@@ -1,22 +1,22 @@
-"""Asset checks. Blocking ones stop the assets downstream of them in the same run;
-``registered_model`` also refuses to register while any of ``REGISTRATION_GATES`` last failed."""
+"""Asset checks, one or more per asset, naming their asset by key. Blocking ones stop the
+assets downstream of them in the same run; ``registered_model`` also refuses to register
+while any of ``REGISTRATION_GATES`` last failed."""
 
-import json
 import math
 import warnings
-from pathlib import Path
 
-from dagster import AssetCheckExecutionContext, AssetCheckKey, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
-
-from orchestration.assets import (
-    caption_embeddings,
-    evaluation,
-    flame_model,
-    image_shards,
-    latest_metadata,
-    manifest,
-    registered_model,
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetKey,
+    MetadataValue,
+    asset_check,
 )
+
+from flame import checkpoint
+from orchestration.metadata import latest_metadata
 from orchestration.partitions import DATA_SHARDS
 from orchestration.resources import FlameConfigResource, MlflowResource
 
@@ -24,7 +24,7 @@ from orchestration.resources import FlameConfigResource, MlflowResource
 warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec")
 
 
-@asset_check(asset=manifest, partitions_def=DATA_SHARDS, blocking=False,
+@asset_check(asset="manifest", partitions_def=DATA_SHARDS, blocking=False,
              description="Most manifest rows have a URL and a caption.")
 def manifest_rows_usable(context: AssetCheckExecutionContext, flame_config: FlameConfigResource) -> AssetCheckResult:
     meta = latest_metadata(context, "manifest", context.partition_key)
@@ -37,7 +37,7 @@ def manifest_rows_usable(context: AssetCheckExecutionContext, flame_config: Flam
     )
 
 
-@asset_check(asset=image_shards, partitions_def=DATA_SHARDS, blocking=True,
+@asset_check(asset="image_shards", partitions_def=DATA_SHARDS, blocking=True,
              description="The download success rate reaches data.min_success_rate.")
 def download_success_rate(context: AssetCheckExecutionContext, flame_config: FlameConfigResource) -> AssetCheckResult:
     meta = latest_metadata(context, "image_shards", context.partition_key)
@@ -50,7 +50,7 @@ def download_success_rate(context: AssetCheckExecutionContext, flame_config: Fla
     )
 
 
-@asset_check(asset=caption_embeddings, partitions_def=DATA_SHARDS, blocking=True,
+@asset_check(asset="caption_embeddings", partitions_def=DATA_SHARDS, blocking=True,
              description="Embeddings are finite, one row per key, one key per downloaded image (EmbeddingStore.validate).")
 def embeddings_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
     from flame.text.store import EmbeddingStore
@@ -71,10 +71,10 @@ def embeddings_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
     )
 
 
-@asset_check(asset=flame_model, blocking=True, description="The training loss went down.")
+@asset_check(asset="flame_model", blocking=True, description="The training loss went down.")
 def training_loss_decreased(context: AssetCheckExecutionContext) -> AssetCheckResult:
     meta = latest_metadata(context, "flame_model")
-    summary = json.loads((Path(meta["checkpoint"]) / "train_summary.json").read_text(encoding="utf-8"))
+    summary = checkpoint.read_summary(meta["checkpoint"])
     losses = [float(x) for x in summary.get("losses") or []]
     if len(losses) >= 2:  # mean loss of the first epoch against the last
         first, last, basis = losses[0], losses[-1], "epoch mean"
@@ -97,7 +97,7 @@ def chance_pairs(metrics: dict[str, float]) -> dict[str, tuple[float, float]]:
     return pairs
 
 
-@asset_check(asset=evaluation, blocking=True,
+@asset_check(asset="evaluation", blocking=True,
              description="The gate metric beats its chance level (else: every metric with a chance level does).")
 def evaluation_above_chance(context: AssetCheckExecutionContext, flame_config: FlameConfigResource) -> AssetCheckResult:
     metrics = latest_metadata(context, "evaluation")["metrics"]
@@ -113,14 +113,12 @@ def evaluation_above_chance(context: AssetCheckExecutionContext, flame_config: F
     )
 
 
-@asset_check(asset=registered_model, blocking=False, description="The registered model has a champion version.")
+@asset_check(asset="registered_model", blocking=False, description="The registered model has a champion version.")
 def champion_exists(context: AssetCheckExecutionContext, flame_config: FlameConfigResource, mlflow: MlflowResource) -> AssetCheckResult:
-    from flame.registry import registry_client
+    from flame.mlflow.store import connect
 
     config = flame_config.load()
-    uri = mlflow.uri(config)
-    client = registry_client(config, uri)
-    aliases = client.get_registered_model(config.registry.model_name).aliases
+    aliases = connect(config, mlflow.uri(config)).get_registered_model(config.registry.model_name).aliases
     return AssetCheckResult(passed="champion" in aliases, metadata={"aliases": MetadataValue.json(dict(aliases))})
 
 
@@ -128,6 +126,6 @@ ALL_CHECKS = [manifest_rows_usable, download_success_rate, embeddings_valid, tra
               evaluation_above_chance, champion_exists]
 # Registration refuses to run while the latest evaluation of one of these failed.
 REGISTRATION_GATES = [
-    AssetCheckKey(flame_model.key, "training_loss_decreased"),
-    AssetCheckKey(evaluation.key, "evaluation_above_chance"),
+    AssetCheckKey(AssetKey("flame_model"), "training_loss_decreased"),
+    AssetCheckKey(AssetKey("evaluation"), "evaluation_above_chance"),
 ]

@@ -1,48 +1,42 @@
-"""The one Dagster ``Definitions`` object of the FLAME pipeline.
+"""The one Dagster ``Definitions`` of the FLAME pipeline; this module only assembles.
 
-``dagster dev -m orchestration.definitions`` (or ``-w workspace.yaml``) loads it; the
-configuration comes from params.yaml ($FLAME_CONFIG, $FLAME_PROFILE), the storage root
-from $FLAME_STORAGE_ROOT or the profile, MLflow from $MLFLOW_TRACKING_URI or the profile.
+``dagster dev -m orchestration.definitions`` loads ``defs``, which reads the configuration
+once, when the definitions are built: params.yaml ($FLAME_CONFIG, $FLAME_PROFILE), the
+storage root from $FLAME_STORAGE_ROOT or the profile, MLflow from $MLFLOW_TRACKING_URI or
+the profile.
 """
 
 from __future__ import annotations
 
-from dagster import Definitions, PipesSubprocessClient
+import dagster as dg
 
-from orchestration.assets import (
-    caption_embeddings,
-    definition_config,
-    evaluation,
-    flame_model,
-    image_shards,
-    manifest,
-    registered_model,
-)
+from flame.config import FlameConfig
+from orchestration.assets.data import caption_embeddings, image_shards, manifest
+from orchestration.assets.model import evaluation, flame_model_asset, registered_model
+from orchestration.automation import ingest_job, new_manifest_sensor, retrain_schedule, train_job
 from orchestration.checks import ALL_CHECKS
 from orchestration.executors import executor_from_config
-from orchestration.jobs import ingest_job, train_job
-from orchestration.resources import FlameConfigResource, MlflowResource, StorageResource
-from orchestration.schedules import retrain_schedule
-from orchestration.sensors import new_manifest_sensor
-
-ASSETS = [manifest, image_shards, caption_embeddings, flame_model, evaluation, registered_model]
+from orchestration.resources import build_resources, definition_config
 
 
-def default_resources() -> dict:
-    return {
-        "flame_config": FlameConfigResource(),
-        "mlflow": MlflowResource(),
-        "storage": StorageResource(),
-        "pipes_subprocess_client": PipesSubprocessClient(),
-    }
+def pipeline_assets(config: FlameConfig) -> list[dg.AssetsDefinition]:
+    """The six assets, in pipeline order."""
+    return [manifest, image_shards, caption_embeddings,
+            flame_model_asset(config.orchestration.train_op_tags), evaluation, registered_model]
 
 
-defs = Definitions(
-    assets=ASSETS,
-    asset_checks=ALL_CHECKS,
-    jobs=[ingest_job, train_job],
-    schedules=[retrain_schedule],
-    sensors=[new_manifest_sensor],
-    resources=default_resources(),
-    executor=executor_from_config(definition_config()),
-)
+def build_definitions(config: FlameConfig, resources: dict | None = None) -> dg.Definitions:
+    return dg.Definitions(
+        assets=pipeline_assets(config),
+        asset_checks=ALL_CHECKS,
+        jobs=[ingest_job, train_job],
+        schedules=[retrain_schedule(config)],
+        sensors=[new_manifest_sensor],
+        resources=resources or build_resources(),
+        executor=executor_from_config(config),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(definition_config())

@@ -45,23 +45,19 @@ def _ok(result, what: str) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    from dagster import AssetKey, AssetSelection, DagsterInstance, PipesSubprocessClient, materialize
+    from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
+    from orchestration.automation import INGEST_ASSETS, MODEL_ASSETS
     from orchestration.checks import ALL_CHECKS
-    from orchestration.definitions import ASSETS
-    from orchestration.jobs import INGEST_ASSETS, MODEL_ASSETS
+    from orchestration.definitions import pipeline_assets
     from orchestration.partitions import DATA_SHARDS, discover_chunks
-    from orchestration.resources import FlameConfigResource, MlflowResource, StorageResource
+    from orchestration.resources import build_resources
 
     started = time.monotonic()
     params = str(Path(args.config).resolve()) if args.config else str(repo_root() / "params.yaml")
     config = load_config(params, args.profile)
-    resources = {
-        "flame_config": FlameConfigResource(params_path=params, profile=config.profile),
-        "mlflow": MlflowResource(tracking_uri=args.tracking_uri or ""),
-        "storage": StorageResource(root=args.storage_root or ""),
-        "pipes_subprocess_client": PipesSubprocessClient(),
-    }
+    resources = build_resources(params_path=params, profile=config.profile,
+                                tracking_uri=args.tracking_uri or "", storage_root=args.storage_root or "")
     instance = DagsterInstance.get()
     keys = [c.key for c in discover_chunks(config)]
     known = set(instance.get_dynamic_partitions(DATA_SHARDS.name))
@@ -69,7 +65,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     done = instance.get_materialized_partitions(AssetKey("caption_embeddings"))
     todo = [k for k in keys if k not in done]
     steps: dict[str, float] = {}
-    assets = ASSETS + ALL_CHECKS
+    assets = pipeline_assets(config) + ALL_CHECKS
     print(f"demo: {len(keys)} data shards ({len(todo)} new) from {', '.join(config.orchestration.manifests)}", flush=True)
     for key in todo:
         t = time.monotonic()

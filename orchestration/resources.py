@@ -1,4 +1,5 @@
-"""Dagster resources: the FLAME configuration, the MLflow tracking URI and the storage root.
+"""Dagster resources, one per external system: the FLAME configuration (params.yaml), MLflow
+(its tracking URI) and the storage root (with its folder layout, ``StoragePaths``).
 
 Every value defaults from the environment so that ``dagster dev``, the demo and the
 tests point the same Definitions at different files: ``FLAME_CONFIG`` (params.yaml),
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, PipesSubprocessClient
 
 from flame.config import FlameConfig, load_config, repo_root
 
@@ -33,9 +34,6 @@ class FlameConfigResource(ConfigurableResource):
 
     def params_file(self) -> Path:
         return Path(self.params_path or os.environ.get("FLAME_CONFIG") or repo_root() / "params.yaml").resolve()
-
-    def profile_name(self) -> str:
-        return self.load().profile
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -95,3 +93,27 @@ def incoming_dir(config: FlameConfig) -> Path:
 
 def base_manifests(config: FlameConfig) -> list[Path]:
     return [_in_repo(m) for m in config.orchestration.manifests]
+
+
+def definition_config() -> FlameConfig:
+    """The configuration that shapes the definitions themselves (op tags, cron, executor),
+    read when the definitions are built: ``$FLAME_CONFIG`` and ``$FLAME_PROFILE``, as the
+    configuration resource reads it at run time."""
+    return FlameConfigResource().load()
+
+
+def runtime_config(flame_config: FlameConfigResource, mlflow: MlflowResource) -> FlameConfig:
+    """The run's configuration with the tracking URI the MLflow resource resolves."""
+    config = flame_config.load()
+    config.tracking.tracking_uri = mlflow.uri(config)
+    return config
+
+
+def build_resources(params_path: str = "", profile: str = "", tracking_uri: str = "", storage_root: str = "") -> dict:
+    """The resources of the pipeline; empty values fall back to the environment, then the profile."""
+    return {
+        "flame_config": FlameConfigResource(params_path=params_path, profile=profile),
+        "mlflow": MlflowResource(tracking_uri=tracking_uri),
+        "storage": StorageResource(root=storage_root),
+        "pipes_subprocess_client": PipesSubprocessClient(),
+    }

@@ -17,12 +17,11 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from flame import checkpoint
 from flame.atomic import write_json
 from flame.config import load_config
 from flame.errors import FlameError
 from flame.tracking import ConsoleTracker, MultiTracker, NullTracker
-
-RUN_FILE = "mlflow_run.json"  # the MLflow run of this checkpoint folder, so a resumed training continues it
 
 
 class PipesTracker(NullTracker):
@@ -52,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _mlflow_tracker(config, out: Path, uri: str | None, run_name: str | None, tags: dict):
-    from flame.tracking_mlflow import MlflowTracker
+    from flame.mlflow.tracker import MlflowTracker
 
-    run_file = out / RUN_FILE
+    # The MLflow run of this checkpoint folder, so a resumed training continues it.
+    run_file = out / checkpoint.MLFLOW_RUN_FILE
     previous = json.loads(run_file.read_text(encoding="utf-8"))["run_id"] if run_file.is_file() else None
     tracker = MlflowTracker(config, run_name=run_name, tracking_uri=uri, run_id=previous,
                             tags={"flame.checkpoint": str(out), **tags})
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace, pipes=None) -> dict:
     if pipes is not None:
         trackers.append(PipesTracker(pipes))
     tracker = MultiTracker(*trackers)
-    resume = (out / "train_state.pt").is_file()
+    resume = checkpoint.has_checkpoint(out)
     start = time.monotonic()
     try:
         summary = run_training(config, args.shards, args.embeddings, out, epochs=args.epochs,
@@ -131,12 +131,12 @@ def run(args: argparse.Namespace, pipes=None) -> dict:
     seconds = time.monotonic() - start
     run_info = None
     if mlflow_tracker is not None:
-        plot = loss_plot([float(x) for x in summary.get("losses") or []], out / "loss.png")
-        for path in (plot, out / "model_config.json"):
+        plot = loss_plot([float(x) for x in summary.get("losses") or []], out / checkpoint.LOSS_PLOT_FILE)
+        for path in (plot, out / checkpoint.CONFIG_FILE):
             if path is not None and path.is_file():
                 mlflow_tracker.log_artifact(path, "training")
         mlflow_tracker.close("FINISHED")
-        run_info = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+        run_info = json.loads((out / checkpoint.MLFLOW_RUN_FILE).read_text(encoding="utf-8"))
     summary.setdefault("checkpoint", str(out))
     return summary_metadata(summary, seconds, run_info)
 

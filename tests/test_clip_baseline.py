@@ -115,3 +115,26 @@ def _cli_env(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
     return {**os.environ, "FLAME_CONFIG": str(path)}
+
+
+_WITHOUT_OPEN_CLIP = """
+import sys
+sys.modules["open_clip"] = None  # as if the clip extra were not installed: importing it fails
+from flame.config import load_config
+from flame.errors import FlameError
+from flame.model import FlameModel
+from flame.train.text_modes import text_mode_for
+
+tiny = load_config(profile="tiny", overrides={"image": {"img_size": 32, "model_kwargs": {"depth": 1}}})
+FlameModel(tiny.image, 16, tiny.text.model_dump(mode="json"))  # the FLAME path builds without it
+try:
+    text_mode_for(load_config(profile="clip"), ".", None)
+except FlameError as exc:
+    print(exc)
+"""
+
+
+def test_flame_mode_needs_no_open_clip_and_clip_mode_names_its_extra():
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_OPEN_CLIP], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "text.mode clip" in out.stdout and "pip install 'flame-pipeline[clip]'" in out.stdout

@@ -55,6 +55,12 @@ class _Routes(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog (5) drops SYNs when img2dataset opens 8 connections at once;
+    # the client's retransmit after 1 s then reads as a timeout.
+    request_queue_size = 128
+
+
 @pytest.fixture
 def http_server():
     """Start a server for a dict of routes: path -> (status, content type, body, delay s); yields its base URL."""
@@ -62,7 +68,7 @@ def http_server():
 
     def start(routes: dict) -> str:
         handler = type("Handler", (_Routes,), {"routes": routes})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = _Server(("127.0.0.1", 0), handler)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)

@@ -5,11 +5,12 @@ import json
 import pytest
 
 from evaluations import datasets as ds
-from evaluations.images import check_images
-from evaluations.registry import BENCHMARKS, get_benchmark
+from evaluations.image_checks import check_images
+from evaluations.benchmarks import BENCHMARKS, get_benchmark
 from evaluations.runner import expand_names
 from evaluations.tasks.linear_probe import fixed_split
 from flame.config import EvalConfig, repo_root
+from flame.data.manifest import resolve_location
 from flame.errors import FlameError
 
 SAMPLE_DEV = repo_root() / "data" / "sample" / "dev.jsonl"
@@ -81,7 +82,7 @@ def test_manifest_images_relative_absolute_and_urls(tmp_path):
     assert data.images == [str(tmp_path / "sub" / "x.jpg"), str(tmp_path / "y.jpg"), "http://127.0.0.1:1/w.jpg"]
     assert data.texts == ["one string", "c1", "c2", "w"] and data.text_to_image == [0, 1, 1, 2]
     assert data.skipped_rows == 1  # the row without captions is counted, not silently dropped
-    assert ds.resolve_image("file:///data/z.jpg", tmp_path) == "/data/z.jpg"
+    assert resolve_location("file:///data/z.jpg", tmp_path) == "/data/z.jpg"
 
 
 def test_labels_and_captions_in_any_language(tmp_path):

@@ -12,8 +12,8 @@ from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
 from evaluations import datasets as ds
 from evaluations import runner
 from evaluations.embedding import embed_texts
-from evaluations.images import read_image
-from evaluations.registry import get_benchmark
+from flame.data.images import read_image
+from evaluations.benchmarks import get_benchmark
 from evaluations.templates import SHORT
 from evaluations.text_cache import TextEmbeddingCache
 

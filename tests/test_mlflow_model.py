@@ -14,7 +14,8 @@ import torch
 
 from flame.errors import FlameError
 from flame.model import load
-from flame.tracking_mlflow import MlflowTracker
+from flame.mlflow.pyfunc import log_flame_model
+from flame.mlflow.tracker import MlflowTracker
 from tests.fixtures.tracking import free_port, start_server, stop_server
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ def logged_model(mlflow_server, untrained_checkpoint):
 
     cfg = load_config(overrides={"tracking": {"tracking_uri": mlflow_server, "experiment": "test-pyfunc"}})
     with MlflowTracker(cfg) as tracker:
-        model_uri = tracker.log_model(untrained_checkpoint)
+        model_uri = log_flame_model(cfg, untrained_checkpoint, run_id=tracker.run_id, tracking_uri=tracker.tracking_uri)
         assert tracker.client.get_run(tracker.run_id).info.status == "RUNNING"  # still the tracker's
     mlflow.set_tracking_uri(mlflow_server)
     try:
@@ -72,7 +73,7 @@ def test_logged_with_name_and_signature_and_loadable(mlflow_server, logged_model
 def test_log_model_refuses_a_folder_without_weights(tracking_config, tmp_path):
     with MlflowTracker(tracking_config) as tracker:
         with pytest.raises(FlameError, match="model.safetensors does not exist"):
-            tracker.log_model(tmp_path)
+            log_flame_model(tracking_config, tmp_path, run_id=tracker.run_id)
 
 
 def test_served_by_mlflow_models_serve(mlflow_server, logged_model, tmp_path):

@@ -7,7 +7,8 @@ from mlflow import MlflowClient
 
 from flame.config import load_config
 from flame.errors import FlameError
-from flame.tracking_mlflow import MlflowTracker, check_tracking_uri, experiment_name, mlflow_metric_name
+from flame.mlflow.store import check_tracking_uri, experiment_name, metric_name
+from flame.mlflow.tracker import MlflowTracker
 from tests.fixtures.tracking import free_port
 
 
@@ -34,7 +35,7 @@ def test_one_run_logs_config_metrics_evaluation_and_artifacts(tracking_config, t
     history = client.get_metric_history(run_id, "train/loss")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 2.0), (1, 1.5), (2, 1.2)]
     assert "note" not in run.data.metrics
-    assert run.data.metrics[mlflow_metric_name("sample-dev-retrieval/mean_recall@5")] == 0.25
+    assert run.data.metrics[metric_name("sample-dev-retrieval/mean_recall@5")] == 0.25
     assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == ["evaluation/eval.json"]
 
 
@@ -60,7 +61,7 @@ def test_resumed_training_continues_the_same_run(tracking_config):
 def test_experiment_defaults_to_one_per_profile():
     assert experiment_name(load_config(profile="tiny")) == "flame-tiny"
     assert experiment_name(load_config(profile="small")) == "flame-small"
-    assert mlflow_metric_name("sample-dev-retrieval/mean_recall@5") == "sample-dev-retrieval/mean_recall_at_5"
+    assert metric_name("sample-dev-retrieval/mean_recall@5") == "sample-dev-retrieval/mean_recall_at_5"
 
 
 def test_unreachable_server_is_a_clear_error_before_any_run():

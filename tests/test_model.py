@@ -14,7 +14,7 @@ import flame.model
 from flame.config import repo_root
 from flame.errors import FlameError
 from flame.model import FlameModel
-from flame.model.text_side import check_text_fingerprint
+from flame.model.text_towers import check_text_fingerprint
 from flame.train.optim import build_optimizer, warmup_cosine
 from tests.fixtures.train import tiny_train_config
 

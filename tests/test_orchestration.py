@@ -23,6 +23,7 @@ PIPELINE = ["manifest", "image_shards", "caption_embeddings", "flame_model", "ev
 def test_one_definitions_object_with_the_whole_graph():
     from orchestration.definitions import defs
 
+    defs = defs()
     graph = defs.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == set(PIPELINE)
     # The chain, each asset depending on the one before it.
@@ -65,10 +66,10 @@ def test_manifests_with_the_same_name_are_refused(orchestration_env):
 
 
 def test_schedule_tick_requests_a_training_run(orchestration_env):
-    from orchestration.schedules import retrain_schedule_for
+    from orchestration.automation import retrain_schedule
 
     config = orchestration_env["resources"]["flame_config"].load()
-    schedule = retrain_schedule_for(config)
+    schedule = retrain_schedule(config)
     assert schedule.cron_schedule == "15 4 * * *"  # the test profile's orchestration.retrain_cron
     with DagsterInstance.ephemeral() as instance:
         requests = schedule.evaluate_tick(build_schedule_context(instance=instance)).run_requests
@@ -78,7 +79,7 @@ def test_schedule_tick_requests_a_training_run(orchestration_env):
 
 def test_sensor_turns_a_new_manifest_into_partitions_and_ingest_runs(orchestration_env):
     from orchestration.partitions import DATA_SHARDS
-    from orchestration.sensors import new_manifest_sensor
+    from orchestration.automation import new_manifest_sensor
 
     resources = {"flame_config": orchestration_env["resources"]["flame_config"]}
     with DagsterInstance.ephemeral() as instance:
@@ -130,7 +131,7 @@ def test_executor_is_configuration(orchestration_env):
 def test_training_launcher_is_configuration(orchestration_env):
     import sys
 
-    from orchestration.assets import _launcher
+    from orchestration.assets.model import _launcher
 
     config = orchestration_env["resources"]["flame_config"].load()
     assert _launcher(config) == [sys.executable]

@@ -11,12 +11,11 @@ from PIL import Image
 from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, materialize
 
 from orchestration import demo
+from orchestration.automation import INGEST_ASSETS, MODEL_ASSETS, training_due
 from orchestration.checks import ALL_CHECKS
-from orchestration.definitions import ASSETS
-from orchestration.jobs import INGEST_ASSETS, MODEL_ASSETS
+from orchestration.definitions import pipeline_assets
 from orchestration.partitions import DATA_SHARDS, discover_chunks
 from orchestration.resources import MlflowResource
-from orchestration.sensors import training_due
 from tests.fixtures.orchestration import SAMPLE
 
 
@@ -48,7 +47,7 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
     resources = env["resources"]
     config = resources["flame_config"].load()
     storage = env["storage"]
-    assets = ASSETS + ALL_CHECKS
+    assets = pipeline_assets(config) + ALL_CHECKS
     with DagsterInstance.get() as instance:  # DAGSTER_HOME in tmp_path, shared with the demo below
         keys = [c.key for c in discover_chunks(config)]
         assert keys == ["slice-00000", "slice-00001"]

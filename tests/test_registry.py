@@ -9,9 +9,9 @@ import textwrap
 import pytest
 from mlflow import MlflowClient
 
-from flame import registry
 from flame.errors import FlameError
-from flame.tracking_mlflow import MlflowTracker
+from flame.mlflow import gate as registry
+from flame.mlflow.tracker import MlflowTracker
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +110,7 @@ def test_cli_promote_and_show(tracking_config, tmp_path):
 _RACER = textwrap.dedent("""
     import json, sys
     from flame.config import load_config
-    from flame import registry
+    from flame.mlflow import gate as registry
     uri, name, exp, source, run_id = sys.argv[1:6]
     cfg = load_config(overrides={"tracking": {"tracking_uri": uri, "experiment": exp},
                                  "registry": {"model_name": name}})

@@ -10,14 +10,15 @@ from torch.utils.data import DataLoader
 from flame.data.shards import list_shards
 from flame.errors import FlameError
 from flame.text.store import EmbeddingStore
-from flame.train.data import ShardBatches, shards_of_rank
+from flame.train.batches import ShardBatches, shards_of_rank
+from flame.train.text_modes.frozen_llm import StoreTexts
 from tests.fixtures.train import tiny_train_config
 
 
 def _dataset(shards, store, **kw):
     config = tiny_train_config()
     args = dict(batch_size=8, positives=2, crop_scale=(0.9, 1.0), seed=0, shuffle_buffer=16)
-    return ShardBatches(shards, store, config.image, **{**args, **kw})
+    return ShardBatches(shards, StoreTexts(store), config.image, **{**args, **kw})
 
 
 def _epoch(dataset, epoch, workers):

@@ -13,6 +13,7 @@ from evaluations.datasets import MultilingualSet
 from evaluations.embedding import embed_images, embed_texts
 from evaluations.metrics import retrieval_metrics
 from evaluations.tasks import TaskOutput
+from flame.config import RAW_FACET_SET
 
 KEYS = ("image_retrieval_recall@1", "text_retrieval_recall@1", "mean_recall@1")
 
@@ -25,7 +26,7 @@ def evaluate_multilingual(model, data: MultilingualSet, batch_size: int = 64, ca
     per_language: dict[str, dict] = {}
     for lang in data.languages:
         used, subset = data.for_language(lang)
-        text_emb = embed_texts(model, subset.texts, "raw", batch_size, desc=f"{data.name}: {lang} texts", use_cache=cache_texts)
+        text_emb = embed_texts(model, subset.texts, RAW_FACET_SET, batch_size, desc=f"{data.name}: {lang} texts", use_cache=cache_texts)
         m = retrieval_metrics(image_emb[used], text_emb, subset.text_to_image, ks=(1,))
         for key in KEYS:
             metrics[f"{lang}_{key}"] = m[key]
@@ -34,5 +35,5 @@ def evaluate_multilingual(model, data: MultilingualSet, batch_size: int = 64, ca
     for key in KEYS:
         metrics[key] = float(np.mean([metrics[f"{lang}_{key}"] for lang in data.languages]))
         metrics[f"chance_{key}"] = float(np.mean([metrics[f"chance_{lang}_{key}"] for lang in data.languages]))
-    details = {"n_images": len(data.images), "languages": per_language, "facet_set": "raw"}
+    details = {"n_images": len(data.images), "languages": per_language, "facet_set": RAW_FACET_SET}
     return TaskOutput(metrics, details)

@@ -11,12 +11,13 @@ from evaluations.datasets import RetrievalSet
 from evaluations.embedding import embed_images, embed_texts
 from evaluations.metrics import retrieval_metrics
 from evaluations.tasks import RetrievalExamples, TaskOutput
+from flame.config import RAW_FACET_SET
 
 
 def evaluate_retrieval(
     model,
     data: RetrievalSet,
-    facet_set: str = "raw",
+    facet_set: str = RAW_FACET_SET,
     batch_size: int = 64,
     n_examples: int = 4,
     image_emb: torch.Tensor | None = None,

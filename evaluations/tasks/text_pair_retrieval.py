@@ -14,8 +14,9 @@ from evaluations.datasets import TextPairSet
 from evaluations.embedding import embed_texts
 from evaluations.metrics import retrieval_metrics
 from evaluations.tasks import TaskOutput
+from flame.config import LONG_FACET_SET, RAW_FACET_SET
 
-FACET_SETS = ("raw", "long")
+FACET_SETS = (RAW_FACET_SET, LONG_FACET_SET)
 KS = (1, 5)
 
 

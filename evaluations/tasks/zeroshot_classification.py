@@ -9,15 +9,17 @@ from evaluations.datasets import ClassificationSet
 from evaluations.embedding import embed_images, embed_texts
 from evaluations.metrics import classification_metrics
 from evaluations.tasks import TaskOutput
-from evaluations.templates import fill
+from flame.config import RAW_FACET_SET
+from flame.model.zero_shot import build_zero_shot_classifier
 
 
 def class_embeddings(model, classnames: list[str], templates, batch_size: int = 64, cache_texts: bool = False) -> torch.Tensor:
-    """``[C, D]``: per class, the normalised mean of its normalised template embeddings."""
-    prompts = [p for name in classnames for p in fill(templates, name)]
-    emb = embed_texts(model, prompts, "raw", batch_size, desc="class prompts", use_cache=cache_texts)
-    emb = emb.view(len(classnames), len(templates), -1).mean(dim=1)
-    return torch.nn.functional.normalize(emb, dim=-1)
+    """``[C, D]``: per class, the normalised mean of its normalised template embeddings
+    (batched, with a progress bar, and cached by the text encoder's fingerprint)."""
+    def encode(prompts: list[str]) -> torch.Tensor:
+        return embed_texts(model, prompts, RAW_FACET_SET, batch_size, desc="class prompts", use_cache=cache_texts)
+
+    return build_zero_shot_classifier(model, classnames, templates, RAW_FACET_SET, encode_texts=encode)
 
 
 def evaluate_zeroshot(model, data: ClassificationSet, templates, batch_size: int = 64, cache_texts: bool = False,

@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="flame: frozen-LLM caption embeddings; clip: the CLIP baseline, a text transformer "
                         "trained from scratch on the raw captions (default: the profile's text.mode; --profile clip sets it)")
     parser.add_argument("--out", required=True,
-                        help="checkpoint folder: model.safetensors, model_config.json, train_state.pt, "
-                        "metrics.jsonl, train_summary.json")
+                        help="checkpoint folder (model weights and config, train state, metrics, summary); "
+                        "see flame.checkpoint")
     parser.add_argument("--epochs", type=int, default=None,
                         help="stop after this many epochs (default train.epochs); the LR schedule spans "
                         "max(this, train.epochs) epochs, so stopping early and resuming matches one long run")
@@ -35,9 +35,6 @@ def run(args: argparse.Namespace, config) -> int:
         raise FlameError(f"--epochs must be at least 1 (got {args.epochs})")
     if args.text_mode:
         config.text.mode = args.text_mode
-    if config.text.mode == "flame" and not args.embeddings:
-        raise FlameError("--embeddings is required in text mode flame (the store made by `flame embed`); "
-                         "the CLIP baseline (--profile clip or --text-mode clip) trains without it")
     summary = run_training(config, args.shards, args.embeddings, args.out, epochs=args.epochs, resume=args.resume)
     print(json.dumps(summary, sort_keys=True))
     return 0

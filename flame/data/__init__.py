@@ -1,1 +1,1 @@
-"""Data: manifests, img2dataset ingestion, webdataset shard reading."""
+"""Data in: manifests, img2dataset ingestion into webdataset shards, reading shards, and the one image reader."""

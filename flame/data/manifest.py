@@ -12,8 +12,9 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
+from flame.atomic import write_text
 from flame.errors import FlameError
 from flame.jsonl import iter_jsonl
 
@@ -101,18 +102,29 @@ def read_rows(path: str | Path) -> list[dict]:
     raise FlameError(f"{path}: unknown manifest format {suffix!r}; use .csv, .tsv, .jsonl or .parquet")
 
 
-def resolve_url(value: str, base_dir: Path) -> str:
-    """``http(s)://`` and ``file://`` stay; a plain path becomes ``file://`` (relative to ``base_dir``)."""
+def resolve_location(value: str, base_dir: Path) -> str:
+    """Where an image is: an ``http(s)://`` URL as it is, anything else an absolute local path
+    (``file://`` URLs unwrapped, relative paths taken from ``base_dir``)."""
     value = value.strip()
     parsed = urlparse(value)
-    if parsed.scheme in REMOTE_SCHEMES or parsed.scheme == "file":
+    if parsed.scheme in REMOTE_SCHEMES:
         return value
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
     if parsed.scheme and len(parsed.scheme) > 1:  # one letter would be a Windows drive
         raise ValueError(f"unsupported URL scheme {parsed.scheme!r} (use http, https, file or a path)")
     path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = base_dir / path
-    return path.resolve().as_uri()
+    return str(path if path.is_absolute() else base_dir / path)
+
+
+def resolve_url(value: str, base_dir: Path) -> str:
+    """``resolve_location`` as a URL img2dataset fetches: local paths become ``file://`` URIs."""
+    location = resolve_location(value, base_dir)
+    if urlparse(location).scheme in REMOTE_SCHEMES:
+        return location
+    if value.strip().startswith("file://"):
+        return value.strip()
+    return Path(location).resolve().as_uri()
 
 
 def _caption_list(value) -> list[str]:
@@ -203,3 +215,23 @@ def write_img2dataset_input(manifest: Manifest, target: str | Path) -> None:
 
     table = pa.table({name: _column_values(manifest.rows, name) for name in manifest.columns})
     pq.write_table(table, target)
+
+
+def write_manifest_slice(source: str | Path, start: int, stop: int, target: str | Path,
+                         url_col: str = "url", caption_col: str = "caption") -> Manifest:
+    """Rows ``start:stop`` of ``source`` as a JSONL manifest at ``target`` (written atomically),
+    their image locations made absolute so that the slice reads the same from any folder;
+    returns the slice read back with ``load_manifest`` (its skips counted)."""
+    source, target = Path(source), Path(target)
+    rows = read_rows(source)[start:stop]
+    base_dir = source.resolve().parent
+    for row in rows:
+        col = url_col if url_col in row else URL_FALLBACK_COLUMN
+        if isinstance(row.get(col), str) and row[col].strip():
+            try:
+                row[col] = resolve_url(row[col], base_dir)
+            except ValueError:
+                pass  # load_manifest below reports the row with its number
+    text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
+    write_text(target, text)
+    return load_manifest(target, url_col, caption_col)

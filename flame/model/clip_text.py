@@ -18,7 +18,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer
 from torch import nn
 
-from flame.config import ClipTextConfig, FlameConfig
+from flame.config import RAW_FACET_SET, ClipTextConfig, FlameConfig
 
 # open_clip's BPE vocabulary size (49152 merges + byte tokens + start/end of text).
 VOCAB_SIZE = 49408
@@ -64,7 +64,7 @@ class ClipText(nn.Module):
         return F.normalize(self.transformer(tokens), dim=-1)
 
     @torch.no_grad()
-    def encode(self, texts: list[str], facet_set: str = "raw") -> torch.Tensor:
+    def encode(self, texts: list[str], facet_set: str = RAW_FACET_SET) -> torch.Tensor:
         # facet_set only means something to the frozen LLM's prompts; the baseline reads the text itself.
         device = next(self.parameters()).device
         return self(tokenize(texts, self.cfg.context_length).to(device)).float()

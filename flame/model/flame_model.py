@@ -1,27 +1,22 @@
-"""FlameModel: the trained image tower, the learnable logit scale/bias, and the identity
-of the frozen text encoder it was trained against."""
+"""FlameModel: the trained image tower, the learnable logit scale/bias, and the text tower
+of its text mode (the identity of the frozen LLM it was trained against, or the CLIP
+baseline's trained text transformer). Saved and loaded through ``flame.checkpoint``."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from flame.atomic import atomic_path, write_json
-from flame.config import ImageConfig
+from flame import checkpoint
+from flame.config import RAW_FACET_SET, ImageConfig
 from flame.errors import FlameError
 from flame.model.image_tower import ImageTower
-from flame.model.text_side import make_text_side
+from flame.model.text_towers import make_text_tower
 from flame.model.transforms import eval_transform
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model_config.json"
-FORMAT_VERSION = 1
 
 
 class FlameModel(nn.Module):
@@ -45,7 +40,7 @@ class FlameModel(nn.Module):
         # Stored as log(scale), like CLIP/SigLIP; the trainer clamps it.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
         self.logit_bias = nn.Parameter(torch.tensor(float(logit_bias_init)))
-        self.text = make_text_side(text_mode, text_config, text_fingerprint)
+        self.text = make_text_tower(text_mode, text_config, text_fingerprint)
 
     @property
     def text_encoder_name(self) -> str | None:
@@ -62,7 +57,7 @@ class FlameModel(nn.Module):
             return self.encode_image(pixels)
         return self.encode_image(pixels), self.text(text_tokens)
 
-    def encode_text(self, texts: list[str], facet_set: str = "raw") -> torch.Tensor:
+    def encode_text(self, texts: list[str], facet_set: str = RAW_FACET_SET) -> torch.Tensor:
         """Texts -> L2-normalised ``[N, D]`` through the frozen LLM, averaged over the facet set
         (clip mode: through the trained text tower; ``facet_set`` is ignored)."""
         return self.text.encode(texts, facet_set)
@@ -75,7 +70,6 @@ class FlameModel(nn.Module):
 
     def config_dict(self) -> dict:
         return {
-            "format_version": FORMAT_VERSION,
             "embed_dim": self.embed_dim,
             "image": self.image_config.model_dump(mode="json"),
             "text_mode": self.text_mode,
@@ -85,31 +79,15 @@ class FlameModel(nn.Module):
         }
 
     def save(self, directory: str | Path, extra: dict | None = None) -> Path:
-        """Write ``model.safetensors`` + ``model_config.json`` (atomically) into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        metadata = {"format": "pt", **{k: json.dumps(v) for k, v in (extra or {}).items()}}
-        with atomic_path(directory / WEIGHTS_FILE, suffix=".safetensors") as tmp:
-            save_file(state, str(tmp), metadata=metadata)
-        write_json(directory / CONFIG_FILE, {**self.config_dict(), **(extra or {})})
-        return directory
+        """Write the model files of a checkpoint folder (atomically) into ``directory``."""
+        return checkpoint.write_model(directory, self.state_dict(), self.config_dict(), extra)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> FlameModel:
     """A FlameModel from a checkpoint folder (or its ``model.safetensors``); safetensors only."""
-    path = Path(path)
-    directory = path.parent if path.is_file() else path
-    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    for needed in (config_path, weights_path):
-        if not needed.exists():
-            raise FlameError(f"not a FLAME checkpoint: {needed} is missing")
-    try:
-        cfg = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise FlameError(f"{config_path}: invalid JSON ({exc})") from None
-    if cfg.get("format_version") != FORMAT_VERSION:
-        raise FlameError(f"{config_path}: format_version {cfg.get('format_version')!r} unsupported (want {FORMAT_VERSION})")
+    directory = checkpoint.checkpoint_dir(path)
+    cfg = checkpoint.read_model_config(directory)
+    config_path = directory / checkpoint.CONFIG_FILE
     try:
         model = FlameModel(
             # the weights come from the checkpoint, never from timm again
@@ -121,11 +99,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> FlameMod
         )
     except (KeyError, ValueError) as exc:
         raise FlameError(f"{config_path}: bad model config ({exc})") from None
-    try:
-        state = load_file(str(weights_path), device=str(map_location))
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise FlameError(f"{weights_path}: not a readable safetensors file ({exc})") from None
+    state = checkpoint.read_model_weights(directory, map_location)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise FlameError(f"{weights_path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise FlameError(f"{directory / checkpoint.WEIGHTS_FILE}: weights do not match the config "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model.eval()

@@ -1,33 +1,51 @@
-"""Zero-shot scores of one image against text labels with a trained FlameModel."""
+"""Zero-shot classification with a FlameModel: one class embedding per label, built from
+prompt templates. The one implementation behind ``flame predict``, the pyfunc's
+``zero-shot`` task and the zero-shot benchmarks."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
+import torch.nn.functional as F
 
-from flame.errors import FlameError
+from flame.config import RAW_FACET_SET
+
+LABEL_ONLY = ("{}",)
 
 
-def zero_shot_scores(checkpoint: str | Path, image_path: str | Path, labels: list[str],
-                     facet_set: str = "raw", model=None) -> list[dict]:
-    """``[{"label", "softmax", "sigmoid", "logit"}]``, best first. ``sigmoid`` is the
-    model's own pairwise probability (scale and bias of the sigmoid loss)."""
-    from flame.model import load
+def build_zero_shot_classifier(
+    model,
+    classnames: Sequence[str],
+    templates: Sequence[str] = LABEL_ONLY,
+    facet_set: str = RAW_FACET_SET,
+    encode_texts: Callable[[list[str]], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``[C, D]``: per class, the L2-normalised mean of its L2-normalised template embeddings.
 
-    model = model or load(checkpoint)
-    try:
-        with Image.open(image_path) as img:
-            pixels = model.preprocess(img).unsqueeze(0)
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
-        raise FlameError(f"--image {image_path}: cannot read the image ({exc})") from None
+    ``encode_texts`` replaces ``model.encode_text`` (e.g. a cached, batched encoder)."""
+    encode = encode_texts or (lambda texts: model.encode_text(texts, facet_set=facet_set))
+    prompts = [template.format(name) for name in classnames for template in templates]
     with torch.no_grad():
-        image = model.encode_image(pixels)
-        texts = model.encode_text(labels, facet_set=facet_set)
-        logits = model.logits(image, texts.to(image.dtype))[0]
-    softmax = logits.softmax(dim=0)
-    sigmoid = logits.sigmoid()
+        emb = F.normalize(encode(prompts).float(), dim=-1)
+    emb = emb.view(len(classnames), len(templates), -1).mean(dim=1)
+    return F.normalize(emb, dim=-1)
+
+
+@torch.no_grad()
+def label_logits(model, pixels: torch.Tensor, labels: Sequence[str], facet_set: str = RAW_FACET_SET,
+                 templates: Sequence[str] = LABEL_ONLY) -> torch.Tensor:
+    """``[B, C]``: the model's logits (its learnt scale and bias) of each image against each label."""
+    image = model.encode_image(pixels)
+    classifier = build_zero_shot_classifier(model, labels, templates, facet_set)
+    return model.logits(image, classifier.to(image.dtype))
+
+
+def rank_labels(model, pixels: torch.Tensor, labels: Sequence[str], facet_set: str = RAW_FACET_SET) -> list[dict]:
+    """``[{"label", "softmax", "sigmoid", "logit"}]`` for one image ``[1, 3, H, W]``, best first.
+    ``sigmoid`` is the model's own pairwise probability (scale and bias of the sigmoid loss)."""
+    logits = label_logits(model, pixels, labels, facet_set)[0]
+    softmax, sigmoid = logits.softmax(dim=0), logits.sigmoid()
     rows = [{"label": label, "softmax": float(softmax[i]), "sigmoid": float(sigmoid[i]), "logit": float(logits[i])}
             for i, label in enumerate(labels)]
     return sorted(rows, key=lambda row: -row["logit"])

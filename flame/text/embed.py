@@ -4,7 +4,7 @@ Input: a folder of webdataset shards (``NNNNN.tar``) or one JSONL manifest (its 
 single "shard", named by the file stem). Each sample gets ``K`` columns: for every
 configured view (caption field x facet set), ``captions_per_sample`` captions (cycled
 when a sample has fewer) times the set's facets. A shard file is the unit of work and
-of resumption: existing shard files are never recomputed.
+of resumption: existing shard files are not recomputed unless asked.
 """
 
 from __future__ import annotations
@@ -218,6 +218,51 @@ class ShardEmbedder:
         return ShardResult(keys, F.normalize(emb.float(), dim=-1), stats)
 
 
+SUMMED_STATS = ("samples", "skipped_empty", "empty_captions", "truncated", "prompts", "tokens")
+
+
+def embed_shards(
+    text_config: TextConfig,
+    shards: list[InputShard],
+    out_dir: str | Path,
+    encoder: TextEncoder | None = None,
+    max_shards: int | None = None,
+    progress: bool = True,
+    recompute: bool = False,
+) -> dict:
+    """Embed ``shards`` into the store under ``out_dir`` (the one for this encoder and prompts).
+
+    Shards the store already holds are skipped unless ``recompute``; ``max_shards`` stops
+    after computing that many (the rest stay for a rerun). Every shard file is written
+    atomically. Returns a summary with the store path and its validation.
+    """
+    start = time.perf_counter()
+    encoder = encoder or TextEncoder.from_config(text_config)
+    check_encoder_matches(encoder, text_config)
+    store = EmbeddingStore.create(out_dir, store_meta(encoder, text_config))
+    missing = [s for s in shards if recompute or not store.has(s.name)]
+    todo = missing if max_shards is None else missing[:max_shards]
+    summary = {"store": str(store.path), "fingerprint": store.fingerprint, "K": store.K, "D": store.D,
+               "shards_total": len(shards), "shards_skipped": len(shards) - len(missing), "shards_done": 0,
+               **{key: 0 for key in SUMMED_STATS}}
+    bar = tqdm(desc="embedding captions", unit="caption", disable=not progress, dynamic_ncols=True)
+    embedder = ShardEmbedder(encoder, text_config, bar)
+    try:
+        for shard in todo:
+            bar.set_description(f"embedding {shard.name}")
+            result = embedder.embed(shard)
+            store.write(shard.name, result.keys, result.embeddings, result.stats)
+            summary["shards_done"] += 1
+            for key in SUMMED_STATS:
+                summary[key] += result.stats[key]
+    finally:
+        bar.close()
+    summary["shards_remaining"] = len([s for s in shards if not store.has(s.name)])
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    summary["validation"] = store.validate()
+    return summary
+
+
 def run_embedding(
     config: FlameConfig | TextConfig,
     input_path: str | Path,
@@ -229,40 +274,14 @@ def run_embedding(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict:
-    """Embed every shard of ``input_path`` missing from the store under ``out_dir``.
+    """Embed every shard of ``input_path`` (a shard folder or a JSONL manifest) missing from
+    the store under ``out_dir``; see ``embed_shards``.
 
-    ``max_shards`` stops after computing that many new shards (the rest stay for a
-    rerun). ``rank``/``world_size`` split the shards between processes (shard i goes to
-    rank i % world_size); shard files are atomic, so processes never collide. Returns a
-    summary with the store path and its validation.
+    ``rank``/``world_size`` split the shards between processes (shard i goes to rank
+    i % world_size); shard files are atomic, so processes never collide.
     """
     if not 0 <= rank < world_size:
         raise FlameError(f"rank {rank} is not in 0..{world_size - 1} (world size {world_size})")
     text_config = config.text if isinstance(config, FlameConfig) else config
-    start = time.perf_counter()
     shards = input_shards(input_path, caption_col)[rank::world_size]
-    encoder = encoder or TextEncoder.from_config(text_config)
-    check_encoder_matches(encoder, text_config)
-    store = EmbeddingStore.create(out_dir, store_meta(encoder, text_config))
-    missing = [s for s in shards if not store.has(s.name)]
-    todo = missing if max_shards is None else missing[:max_shards]
-    summary = {"store": str(store.path), "fingerprint": store.fingerprint, "K": store.K, "D": store.D,
-               "shards_total": len(shards), "shards_skipped": len(shards) - len(missing),
-               "shards_done": 0, "samples": 0, "skipped_empty": 0, "empty_captions": 0, "truncated": 0,
-               "prompts": 0, "tokens": 0}
-    bar = tqdm(desc="embedding captions", unit="caption", disable=not progress, dynamic_ncols=True)
-    embedder = ShardEmbedder(encoder, text_config, bar)
-    try:
-        for shard in todo:
-            bar.set_description(f"embedding {shard.name}")
-            result = embedder.embed(shard)
-            store.write(shard.name, result.keys, result.embeddings, result.stats)
-            summary["shards_done"] += 1
-            for key in ("samples", "skipped_empty", "empty_captions", "truncated", "prompts", "tokens"):
-                summary[key] += result.stats[key]
-    finally:
-        bar.close()
-    summary["shards_remaining"] = len([s for s in shards if not store.has(s.name)])
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    summary["validation"] = store.validate()
-    return summary
+    return embed_shards(text_config, shards, out_dir, encoder=encoder, max_shards=max_shards, progress=progress)

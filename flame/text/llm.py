@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from flame.cache import cache_dir as flame_cache_dir
+from flame.device import default_device, has_fast_bf16
 from flame.errors import FlameError
 
 log = logging.getLogger(__name__)
@@ -143,41 +145,15 @@ def resolve_source(llm: str, gguf_file: str | None = None, revision: str | None 
     return LLMSource(llm, gguf_file, {"llm": llm, "gguf_file": gguf_file, "revision": _hub_revision(llm, revision)})
 
 
-def _cpu_supports_bf16() -> bool:
-    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
-    if "AMX" in capability:
-        return True
-    if "AVX512" not in capability:
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="ignore")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def default_device() -> torch.device:
-    """The GPU of this process under torchrun (``LOCAL_RANK``), else the first GPU, else the CPU."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto``: bf16 where the GPU or CPU has native bf16 matmuls, else fp32."""
     if name != "auto":
         return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if _cpu_supports_bf16() else torch.float32
-
-
-def default_cache_root() -> Path:
-    return Path(os.environ.get("FLAME_CACHE", Path.home() / ".cache" / "flame")) / "llm"
+    return torch.bfloat16 if has_fast_bf16(device) else torch.float32
 
 
 def _gguf_cache_dir(source: LLMSource, cache_dir: str | None) -> Path:
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
+    root = Path(cache_dir).expanduser() if cache_dir else flame_cache_dir("llm")
     return root / source.identity["sha256"][:24]
 
 

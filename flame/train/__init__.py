@@ -1,4 +1,4 @@
-"""Training the image tower against stored text embeddings: ``run_training``."""
+"""Training a FlameModel (``run_training``): the loop, its text modes, batches and optimiser."""
 
 from flame.train.loop import run_training
 

@@ -1,8 +1,9 @@
-"""The training loop: FlameModel image tower against stored text embeddings.
+"""The training loop: a FlameModel's image tower (and, in the CLIP baseline, its text
+tower) against the texts its text mode provides (``flame.train.text_modes``).
 
-Single process, or DDP under torchrun. Resumable exactly from ``train_state.pt``:
+Single process, or DDP under torchrun. Resumable exactly from the checkpoint folder:
 the data order, crops and positive picks depend only on (seed, epoch, key), and the
-model, optimizer, scheduler and RNG come back from the checkpoint.
+model, optimizer, scheduler and RNG come back from it (``flame.checkpoint``).
 """
 
 from __future__ import annotations
@@ -17,31 +18,21 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from flame.atomic import write_json
+from flame import checkpoint as ckpt
 from flame.config import FlameConfig
 from flame.errors import FlameError
 from flame.losses import get_loss
 from flame.model import FlameModel
-from flame.text.store import EmbeddingStore
 from flame.tracking import ConsoleTracker, JsonlTracker, MultiTracker, Tracker
-from flame.train import checkpoint as ckpt
-from flame.model.clip_text import clip_text_config, clip_text_identity
-from flame.train.caption_data import CaptionBatches, plan_caption_shards
-from flame.train.data import ShardBatches, plan_shards, shards_of_rank, steps_per_epoch
+from flame.train.batches import ShardBatches, shards_of_rank, steps_per_epoch
 from flame.train.distributed import DistContext, all_reduce, cleanup, init_distributed
 from flame.train.optim import build_optimizer, build_scheduler
 from flame.train.precision import resolve_precision
 from flame.train.step import NonFiniteError, TrainStep
+from flame.train.text_modes import text_mode_for
+from flame.train.text_modes.base import TextMode
 
 log = logging.getLogger(__name__)
-
-SUMMARY_FILE = "train_summary.json"
-METRICS_FILE = "metrics.jsonl"
-
-
-def text_fingerprint_of(store: EmbeddingStore) -> str:
-    """The identity of the frozen text encoder + prompts that produced ``store``."""
-    return str(store.meta.get("encoder_fingerprint") or store.fingerprint)
 
 
 def run_training(
@@ -63,35 +54,22 @@ def run_training(
     """
     ctx = init_distributed()
     try:
-        embeddings_dir = Path(embeddings_dir) if embeddings_dir is not None else None
-        return _Trainer(config, Path(shards_dir), embeddings_dir, Path(out_dir), epochs, resume, tracker, ctx).run()
+        mode = text_mode_for(config, shards_dir, embeddings_dir)
+        return _Trainer(config, mode, Path(shards_dir), Path(out_dir), epochs, resume, tracker, ctx).run()
     finally:
         cleanup(ctx)
 
 
 class _Trainer:
-    def __init__(self, config, shards_dir, embeddings_dir, out_dir, epochs, resume, tracker, ctx: DistContext):
+    def __init__(self, config: FlameConfig, mode: TextMode, shards_dir: Path, out_dir: Path, epochs: int | None,
+                 resume: bool, tracker: Tracker | None, ctx: DistContext):
         self.config, self.cfg, self.ctx = config, config.train, ctx
+        self.mode = mode
         self.shards_dir, self.out_dir = shards_dir, out_dir
-        self.clip_mode = config.text.mode == "clip"
-        if self.clip_mode:  # the CLIP baseline: no store; its text tower learns from the captions in the shards
-            self.store = None
-            self.text_fingerprint = clip_text_identity(config.clip_text)
-            self.store_fingerprint = f"captions:{config.clip_text.caption_field}"
-            self.text_source = f"the {config.clip_text.caption_field!r} captions of {shards_dir}"
-        elif embeddings_dir is None:
-            raise FlameError("text.mode flame trains against stored caption embeddings: pass --embeddings "
-                             "(the folder made by `flame embed`), or use text.mode clip (--profile clip)")
-        else:
-            self.store = EmbeddingStore.open(embeddings_dir)
-            self.text_fingerprint = text_fingerprint_of(self.store)
-            self.store_fingerprint = self.store.fingerprint
-            self.text_source = str(self.store.path)
-        if self.store is not None and self.cfg.positives_per_image > self.store.K:
-            raise FlameError(
-                f"train.positives_per_image={self.cfg.positives_per_image} but the store {self.store.path} "
-                f"holds only K={self.store.K} embeddings per image"
-            )
+        self.text_fingerprint = mode.text_fingerprint
+        self.store_fingerprint = mode.source_fingerprint
+        self.text_source = mode.source
+        mode.check(self.cfg)
         if self.cfg.batch_size % ctx.world_size:
             raise FlameError(f"train.batch_size={self.cfg.batch_size} is not divisible by {ctx.world_size} processes")
         self.local_batch = self.cfg.batch_size // ctx.world_size
@@ -103,10 +81,7 @@ class _Trainer:
 
     # ---- set-up ---------------------------------------------------------------------
     def _prepare_data(self) -> None:
-        if self.clip_mode:
-            self.plan = plan_caption_shards(self.shards_dir, self.config.clip_text.caption_field)
-        else:
-            self.plan = plan_shards(self.shards_dir, self.store, self.cfg.missing_embeddings)
+        self.plan = self.mode.plan(self.cfg)
         self.workers = self.cfg.workers
         self.steps_per_epoch = steps_per_epoch(self.plan, self.ctx.world_size, max(1, self.workers), self.local_batch)
         if self.steps_per_epoch == 0:
@@ -114,15 +89,12 @@ class _Trainer:
                 f"{self.plan.total} usable samples in {self.shards_dir} make no full batch of "
                 f"{self.local_batch} per process and DataLoader worker; lower train.batch_size or train.workers"
             )
-        shards = shards_of_rank(self.plan.shards, self.ctx.rank, self.ctx.world_size)
-        common = dict(batch_size=self.local_batch, positives=self.cfg.positives_per_image, crop_scale=self.cfg.crop_scale,
-                      seed=self.cfg.seed, shuffle_buffer=self.cfg.shuffle_buffer, rank=self.ctx.rank)
-        if self.clip_mode:
-            clip = self.config.clip_text
-            self.dataset = CaptionBatches(shards, self.config.image, caption_field=clip.caption_field,
-                                          context_length=clip.context_length, **common)
-        else:
-            self.dataset = ShardBatches(shards, self.store.path, self.config.image, **common)
+        self.dataset = ShardBatches(
+            shards_of_rank(self.plan.shards, self.ctx.rank, self.ctx.world_size), self.mode.texts(self.cfg),
+            self.config.image, batch_size=self.local_batch, positives=self.cfg.positives_per_image,
+            crop_scale=self.cfg.crop_scale, seed=self.cfg.seed, shuffle_buffer=self.cfg.shuffle_buffer,
+            rank=self.ctx.rank,
+        )
 
     def _loader(self, epoch: int) -> DataLoader:
         self.dataset.set_epoch(epoch)
@@ -158,17 +130,14 @@ class _Trainer:
 
     def _build_model(self, state: dict | None) -> None:
         torch.manual_seed(self.cfg.seed)
-        if self.clip_mode:  # no fingerprint on the model: its text tower is trained, no cached text embedding fits it
-            dim, text_config, fingerprint = self.config.clip_text.embed_dim, clip_text_config(self.config), None
-        else:
-            dim, text_config, fingerprint = self.store.D, self.config.text.model_dump(mode="json"), self.text_fingerprint
+        text = self.mode.model_text()
         self.model = FlameModel(
-            self.config.image, dim, text_config=text_config,
-            text_fingerprint=fingerprint, text_mode=self.config.text.mode,
+            self.config.image, text.embed_dim, text_config=text.text_config,
+            text_fingerprint=text.fingerprint, text_mode=self.mode.name,
             logit_scale_init=self.cfg.logit_scale_init, logit_bias_init=self.cfg.logit_bias_init,
         )
         if state is not None:
-            ckpt.load_model_weights(self.out_dir, self.model)
+            self.model.load_state_dict(ckpt.read_model_weights(self.out_dir), strict=True)
         # InfoNCE ignores the bias; DDP needs every trainable parameter to get a gradient.
         self.model.logit_bias.requires_grad_(self.cfg.loss == "sigmoid")
         if self.cfg.grad_checkpointing:
@@ -187,14 +156,14 @@ class _Trainer:
             ckpt.restore_rng(state["rng"])
         self.train_step = TrainStep(
             self.model, DistributedDataParallel(self.model) if self.ctx.enabled else self.model,
-            self.optimizer, self.scheduler, self.loss_fn, self.precision, self.cfg.grad_clip,
+            self.mode.features, self.optimizer, self.scheduler, self.loss_fn, self.precision, self.cfg.grad_clip,
             self.cfg.max_logit_scale, self.ctx,
         )
 
     def _tracker(self):
         if not self.ctx.is_main:
             return None
-        jsonl = JsonlTracker(self.out_dir / METRICS_FILE)
+        jsonl = JsonlTracker(self.out_dir / ckpt.METRICS_FILE)
         primary = self.external_tracker or ConsoleTracker(every=self.cfg.log_every_steps)
         return MultiTracker(primary, jsonl)
 
@@ -227,10 +196,10 @@ class _Trainer:
                 self._run_epoch(tracker, timing)
             summary = self._summary(timing, resumed_from)
             if self.ctx.is_main:
-                write_json(self.out_dir / SUMMARY_FILE, summary)
+                summary_file = ckpt.write_summary(self.out_dir, summary)
                 tracker.log_metrics({f"train/{k}": float(summary[k]) for k in ("images_per_sec", "data_wait_share")
                                      if summary[k] is not None}, step=s["step"])
-                tracker.log_artifact(self.out_dir / SUMMARY_FILE)
+                tracker.log_artifact(summary_file)
             status = "FINISHED"
         finally:
             if tracker:

@@ -1,5 +1,5 @@
-"""One optimisation step of the image tower against precomputed text embeddings
-(or, in the CLIP baseline mode, of image and text towers together)."""
+"""One optimisation step: features of the batch (through its text mode), the loss over the
+global batch, backward, update."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ class NonFiniteError(ArithmeticError):
 @dataclass
 class TrainStep:
     model: FlameModel
-    forward: Callable[[torch.Tensor], torch.Tensor]  # the model, or its DDP wrapper
+    forward: Callable  # the model, or its DDP wrapper
+    features: Callable  # TextMode.features: (forward, pixels, texts) -> image [B, D], texts [B, m, D]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss_fn: Callable
@@ -35,16 +36,9 @@ class TrainStep:
         device = self.ctx.device
         pixels = pixels.to(device, non_blocking=True)
         texts = texts.to(device, non_blocking=True)
-        if texts.dtype == torch.long:  # clip mode: token ids [B, m, L] through the text tower trained alongside
-            b, m, length = texts.shape
-            with autocast(self.precision, device):
-                image_features, text_features = self.forward(pixels, texts.reshape(b * m, length))
-            texts = text_features.float().reshape(b, m, -1)
-        else:
-            texts = texts.float()
-            with autocast(self.precision, device):
-                image_features = self.forward(pixels)
-        loss = self.loss_fn(image_features.float(), texts, self.model.logit_scale, self.model.logit_bias)
+        with autocast(self.precision, device):
+            image_features, text_features = self.features(self.forward, pixels, texts)
+        loss = self.loss_fn(image_features.float(), text_features.float(), self.model.logit_scale, self.model.logit_bias)
         value = float(all_reduce(loss.detach(), self.ctx)) / self.ctx.world_size
         if not math.isfinite(value):
             raise NonFiniteError(f"loss is {value}")

@@ -1,24 +1,17 @@
-"""Reading evaluation images: local paths or URLs, decoded to RGB.
-
-Every image is checked before any embedding starts, so a bad manifest fails in seconds
-with the full list of offenders instead of after a long run.
-"""
+"""Checking evaluation images before any embedding starts, so a bad manifest fails in
+seconds with the full list of offenders instead of after a long run. Images are read by
+the project's one reader, ``flame.data.images.read_image``."""
 
 from __future__ import annotations
 
-import io
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from flame.data.images import read_image
 from flame.errors import FlameError
 
-URL_TIMEOUT_S = 20
 MAX_LISTED = 20
 
 
@@ -26,29 +19,6 @@ MAX_LISTED = 20
 class ImageCheck:
     ok: list[int] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
-
-
-def read_image(ref: str) -> Image.Image:
-    """Decode one image to RGB; raises ``OSError``/``ValueError`` with a short reason."""
-    if "://" in ref:
-        try:
-            with urllib.request.urlopen(ref, timeout=URL_TIMEOUT_S) as resp:
-                data = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise OSError(f"cannot fetch: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, TimeoutError, ValueError) as exc:
-            raise OSError(f"cannot fetch: {getattr(exc, 'reason', exc)}") from None
-        source = io.BytesIO(data)
-    else:
-        if not Path(ref).is_file():
-            raise OSError("file not found")
-        source = ref
-    try:
-        with Image.open(source) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise OSError(f"not a readable image ({exc.__class__.__name__}: {exc})") from None
 
 
 def check_images(images: Sequence[str], skip_missing: bool = False, what: str = "evaluation") -> ImageCheck:

@@ -1,4 +1,4 @@
-"""`flame registry show|promote|rollback|register`: the MLflow model registry gate."""
+"""``flame registry show|promote|rollback|register``: the MLflow model registry gate."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args, config) -> int:
-    from flame import registry
+    from flame.mlflow import gate
 
     updates = {}
     if args.tracking_uri:
@@ -39,14 +39,14 @@ def run(args, config) -> int:
         config = config.model_copy(update=updates)
 
     if args.action == "show":
-        result = registry.show(config)
+        result = gate.show(config)
     elif args.action == "promote":
-        result = registry.promote(config, version=args.version).to_dict()
+        result = gate.promote(config, version=args.version).to_dict()
     elif args.action == "rollback":
-        result = registry.rollback(config)
+        result = gate.rollback(config)
     else:
         if not args.model_uri:
             raise FlameError("registry register needs --model-uri")
-        result = registry.register_model(config, args.model_uri, run_id=args.run_id).to_dict()
+        result = gate.register_model(config, args.model_uri, run_id=args.run_id).to_dict()
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0

@@ -15,7 +15,7 @@ from typing import Any
 
 from flame.config import FlameConfig
 from flame.errors import FlameError
-from flame.tracking_mlflow import check_tracking_uri, mlflow_metric_name
+from flame.mlflow.store import connect, metric_name, using_tracking_uri
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -42,14 +42,6 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def registry_client(config: FlameConfig, tracking_uri: str | None = None):
-    from mlflow import MlflowClient
-
-    uri = tracking_uri or config.tracking.tracking_uri
-    check_tracking_uri(uri, config.tracking.connect_timeout)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _is_code(exc: Exception, *codes: str) -> bool:
@@ -128,7 +120,7 @@ def gate_value(client, version, gate_metric: str) -> float | None:
         return float(tagged)
     if version.run_id:
         metrics = client.get_run(version.run_id).data.metrics
-        value = metrics.get(mlflow_metric_name(gate_metric))
+        value = metrics.get(metric_name(gate_metric))
         return None if value is None else float(value)
     return None
 
@@ -193,12 +185,22 @@ def _gate(client, config: FlameConfig, version: str, value: float | None) -> Dec
 
 def _candidate_value(client, run_id: str | None, gate_metric: str, metrics: dict[str, float] | None) -> float | None:
     if metrics:
-        for key in (gate_metric, mlflow_metric_name(gate_metric)):
+        for key in (gate_metric, metric_name(gate_metric)):
             if key in metrics and metrics[key] is not None:
                 return float(metrics[key])
     if run_id:
-        value = client.get_run(run_id).data.metrics.get(mlflow_metric_name(gate_metric))
+        value = client.get_run(run_id).data.metrics.get(metric_name(gate_metric))
         return None if value is None else float(value)
+    return None
+
+
+def model_id_of(model_uri: str) -> str | None:
+    """The logged model id of a ``models:/m-<id>`` URI (MLflow 3), else None."""
+    prefix = "models:/"
+    if model_uri.startswith(prefix):
+        rest = model_uri[len(prefix):].strip("/")
+        if rest.startswith("m-") and "/" not in rest:
+            return rest
     return None
 
 
@@ -207,33 +209,33 @@ def register_model(
     model_uri: str,
     run_id: str | None = None,
     metrics: dict[str, float] | None = None,
-    client=None,
+    tracking_uri: str | None = None,
 ) -> Decision:
     """Register ``model_uri`` as a new version (alias ``challenger``) and run the gate.
 
     The gate value comes from ``metrics`` (a flat evaluation summary) or the run's metrics.
     """
-    from mlflow.tracking._model_registry.fluent import _parse_model_id_if_present
-
-    client = client or registry_client(config)
+    uri = tracking_uri or config.tracking.tracking_uri
+    client = connect(config, uri)
     reg = config.registry
     _ensure_registered_model(client, reg.model_name)
     value = _candidate_value(client, run_id, reg.gate_metric, metrics)
-    mv = client.create_model_version(
-        reg.model_name,
-        source=model_uri,
-        run_id=run_id,
-        tags={TAG_GATE_METRIC: reg.gate_metric, TAG_GATE_VALUE: str(value), "flame.profile": config.profile},
-        model_id=_parse_model_id_if_present(model_uri),
-    )
+    with using_tracking_uri(uri):  # the registry resolves models:/ sources through the global URI
+        mv = client.create_model_version(
+            reg.model_name,
+            source=model_uri,
+            run_id=run_id,
+            tags={TAG_GATE_METRIC: reg.gate_metric, TAG_GATE_VALUE: str(value), "flame.profile": config.profile},
+            model_id=model_id_of(model_uri),
+        )
     client.set_registered_model_alias(reg.model_name, CHALLENGER, mv.version)
     return _gate(client, config, mv.version, value)
 
 
-def promote(config: FlameConfig, version: str | int | None = None, client=None) -> Decision:
+def promote(config: FlameConfig, version: str | int | None = None) -> Decision:
     """Without ``version``: run the gate for the current challenger. With it: make that
     version the champion regardless of the gate (a manual decision, recorded as such)."""
-    client = client or registry_client(config)
+    client = connect(config)
     reg = config.registry
     name = reg.model_name
     if version is None:
@@ -254,9 +256,9 @@ def promote(config: FlameConfig, version: str | int | None = None, client=None) 
     return d
 
 
-def rollback(config: FlameConfig, client=None) -> dict[str, Any]:
+def rollback(config: FlameConfig) -> dict[str, Any]:
     """Move ``champion`` back to the version it replaced (recorded when it was promoted)."""
-    client = client or registry_client(config)
+    client = connect(config)
     name = config.registry.model_name
     with _GateLock(client, name):
         champ = _version_by_alias(client, name, CHAMPION)
@@ -281,16 +283,16 @@ def _get_version(client, name: str, version: str | int):
         raise FlameError(f"registered model {name!r} has no version {version}") from None
 
 
-def show(config: FlameConfig, client=None) -> dict[str, Any]:
+def show(config: FlameConfig) -> dict[str, Any]:
     """The registered model's aliases and versions with their gate records."""
     from mlflow.exceptions import MlflowException
 
-    client = client or registry_client(config)
+    client = connect(config)
     name = config.registry.model_name
     try:
         rm = client.get_registered_model(name)
     except MlflowException:
-        raise FlameError(f"no registered model {name!r} at {client._registry_uri}") from None
+        raise FlameError(f"no registered model {name!r} at {config.tracking.tracking_uri}") from None
     aliases = {alias: str(v) for alias, v in rm.aliases.items()}
     versions = client.search_model_versions(f"name='{name}'")
     out_versions = []

@@ -1,32 +1,31 @@
-"""Training data: img2dataset shards joined with the embedding store by sample key.
+"""Training batches from img2dataset shards, whatever the text side (see ``text_modes``).
 
-``plan_shards`` checks every shard against the store before training (missing
-embeddings are a clear error or a counted skip) and counts what each rank and
-DataLoader worker will read. ``ShardBatches`` is an IterableDataset that yields whole
-batches: each DataLoader worker of each rank reads its own shards (every shard once
-per epoch per rank), shuffles through a bounded buffer, decodes and crops the image,
-and picks ``m`` of the K text embeddings. All randomness derives from (seed, epoch,
-key) or (seed, epoch, rank, worker), so an epoch is reproducible whatever the timing.
+``plan_shards`` counts, before training, which samples of every shard a text mode can use
+and what each rank and DataLoader worker will read. ``ShardBatches`` is an
+IterableDataset that yields whole batches: each DataLoader worker of each rank reads its
+own shards (every shard once per epoch per rank), shuffles through a bounded buffer,
+decodes and crops the image, and picks ``m`` of the K texts its text mode gives the
+sample. All randomness derives from (seed, epoch, key) or (seed, epoch, rank, worker), so
+an epoch is reproducible whatever the timing.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset, get_worker_info
 
 from flame.config import ImageConfig
-from flame.data.shards import iter_shard, list_shards, shard_name
+from flame.data.images import read_image
+from flame.data.shards import ShardSample, iter_shard, list_shards, shard_name
 from flame.errors import FlameError
 from flame.model.transforms import train_transform
-from flame.text.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -43,32 +42,23 @@ class ShardPlan:
         return sum(self.usable.values())
 
 
-def plan_shards(shards_dir: str | Path, store: EmbeddingStore, missing_policy: str) -> ShardPlan:
-    """Match every shard's sample keys with the store; apply ``train.missing_embeddings``."""
+def plan_shards(shards_dir: str | Path, usable: Callable[[str], Callable[[ShardSample], bool]]) -> ShardPlan:
+    """Every shard of ``shards_dir`` with its count of samples that ``usable(shard name)(sample)``
+    accepts; the others are counted as missing (with a few examples)."""
     shards = list_shards(shards_dir)
     plan = ShardPlan(shards=shards, usable={})
     for path in shards:
         name = shard_name(path)
-        known = store.lookup(name) if store.has(name) else {}
-        usable = 0
+        accepts = usable(name)
+        count = 0
         for sample in iter_shard(path, with_images=False):
-            if sample.key in known:
-                usable += 1
+            if accepts(sample):
+                count += 1
             else:
                 plan.missing += 1
                 if len(plan.missing_examples) < 5:
                     plan.missing_examples.append(f"{name}/{sample.key}")
-        plan.usable[name] = usable
-    if plan.missing and missing_policy == "error":
-        raise FlameError(
-            f"{plan.missing} samples in {shards_dir} have no embeddings in {store.path} "
-            f"(e.g. {', '.join(plan.missing_examples)}); run `flame embed` on these shards, "
-            "or set train.missing_embeddings: skip"
-        )
-    if plan.missing:
-        log.warning("skipping %d samples without embeddings (e.g. %s)", plan.missing, ", ".join(plan.missing_examples))
-    if plan.total == 0:
-        raise FlameError(f"no sample of {shards_dir} has embeddings in {store.path}")
+        plan.usable[name] = count
     return plan
 
 
@@ -97,20 +87,28 @@ def steps_per_epoch(plan: ShardPlan, world_size: int, num_workers: int, batch_si
     return min(per_rank)
 
 
-def _sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, zlib.crc32(key.encode("utf-8"))])
 
 
-class ShardBatches(IterableDataset):
-    """Yields dicts ``pixels [B,3,S,S]``, ``texts [B,m,D]`` (fp16), ``keys``, and the
-    samples skipped since the previous batch (``skipped_corrupt``, ``skipped_missing``).
-    A worker's last yield may be an empty batch carrying only its skip counts."""
+class ShardTexts(Protocol):
+    """A text mode's texts of a sample: ``for_shard(path)`` returns a function giving each
+    sample's K texts as one tensor (``[K, D]`` embeddings, ``[K, L]`` token ids, ...) or None
+    when the sample has none (counted as missing). Called inside the DataLoader worker."""
 
-    def __init__(self, shards: list[Path], store_path: str | Path, image: ImageConfig, *,
+    def for_shard(self, path: Path) -> Callable[[ShardSample], torch.Tensor | None]: ...
+
+
+class ShardBatches(IterableDataset):
+    """Yields dicts ``pixels [B,3,S,S]``, ``texts [B,m,...]``, ``keys``, and the samples
+    skipped since the previous batch (``skipped_corrupt``, ``skipped_missing``). A worker's
+    last yield may be an empty batch carrying only its skip counts."""
+
+    def __init__(self, shards: list[Path], texts: ShardTexts, image: ImageConfig, *,
                  batch_size: int, positives: int, crop_scale: tuple[float, float], seed: int,
                  shuffle_buffer: int, rank: int = 0):
         self.shards = list(shards)
-        self.store_path = Path(store_path) if store_path is not None else None  # None: see CaptionBatches
+        self.texts = texts
         self.image = image
         self.batch_size = batch_size
         self.positives = positives
@@ -123,59 +121,47 @@ class ShardBatches(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _open_store(self) -> EmbeddingStore:
-        return EmbeddingStore.open(self.store_path)
-
     def _my_shards(self) -> tuple[list[Path], int]:
         info = get_worker_info()
         wid, workers = (info.id, info.num_workers) if info else (0, 1)
         return worker_split(self.shards, workers)[wid], wid
 
-    def _samples(self, shards: list[Path], store: EmbeddingStore, rng: np.random.Generator, counts: dict):
-        """(sample, embeddings[K, D]) through a seeded shuffle buffer."""
+    def _samples(self, shards: list[Path], rng: np.random.Generator, counts: dict):
+        """(sample, texts[K, ...]) through a seeded shuffle buffer."""
         buffer = []
         for idx in rng.permutation(len(shards)):
-            path = shards[idx]
-            name = shard_name(path)
-            if not store.has(name):
-                rows, table = {}, None
-            else:
-                keys, table = store.read(name)
-                rows = {k: i for i, k in enumerate(keys)}
-            for sample in iter_shard(path):
-                row = rows.get(sample.key)
-                if row is None:
+            texts_of = self.texts.for_shard(shards[idx])
+            for sample in iter_shard(shards[idx]):
+                texts = texts_of(sample)
+                if texts is None:
                     counts["missing"] += 1
                     continue
-                buffer.append((sample, table[row]))
+                buffer.append((sample, texts))
                 if len(buffer) >= self.shuffle_buffer:
                     yield buffer.pop(int(rng.integers(len(buffer))))
         while buffer:
             yield buffer.pop(int(rng.integers(len(buffer))))
 
-    def _decode(self, sample, embeddings: torch.Tensor):
-        rng = _sample_rng(self.seed, self.epoch, sample.key)
+    def _decode(self, sample: ShardSample, texts: torch.Tensor):
+        rng = sample_rng(self.seed, self.epoch, sample.key)
         if sample.image is None:
             return None
         try:
-            with Image.open(io.BytesIO(sample.image)) as img:
-                img.load()
-                pixels = train_transform(img, self.image, self.crop_scale, rng)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            pixels = train_transform(read_image(sample.image), self.image, self.crop_scale, rng)
+        except (OSError, ValueError) as exc:
             log.debug("skipping undecodable image %s/%s: %s", sample.shard, sample.key, exc)
             return None
-        k = embeddings.shape[0]
+        k = texts.shape[0]
         pick = rng.choice(k, size=self.positives, replace=False) if self.positives < k else np.arange(k)
-        return pixels, embeddings[torch.from_numpy(np.sort(pick))]
+        return pixels, texts[torch.from_numpy(np.sort(pick))]
 
     def __iter__(self):
         shards, wid = self._my_shards()
-        store = self._open_store()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid])
         counts = {"missing": 0, "corrupt": 0}
         pixels, texts, keys = [], [], []
-        for sample, embeddings in self._samples(shards, store, rng, counts):
-            decoded = self._decode(sample, embeddings)
+        for sample, sample_texts in self._samples(shards, rng, counts):
+            decoded = self._decode(sample, sample_texts)
             if decoded is None:
                 counts["corrupt"] += 1
                 continue

@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from flame.mlflow_model import FlamePyfunc
+from flame.mlflow.pyfunc import FlamePyfunc
 
 set_model(FlamePyfunc())

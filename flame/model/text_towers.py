@@ -1,9 +1,8 @@
-"""The text side of a FlameModel, behind one small seam.
+"""The text towers a FlameModel can hold, by text mode, behind one ``encode(texts, facet_set)``.
 
-``flame`` mode: the frozen LLM (loaded lazily through ``flame.text``), its facet
-embeddings averaged and L2-normalised. Another mode (e.g. a trainable CLIP text
-transformer) plugs in by adding a class with the same ``encode`` and registering it
-in ``TEXT_SIDES``.
+``flame``: the frozen LLM (loaded lazily through ``flame.text``), its facet embeddings
+averaged and L2-normalised. ``clip``: the CLIP baseline's text transformer, trained with
+the image tower (``clip_text``; open_clip is imported only when it is built).
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flame.config import TextConfig
+from flame.config import RAW_FACET_SET, TextConfig
 from flame.errors import FlameError
 
 
@@ -39,7 +38,7 @@ class FrozenLLMText:
         self._encoder = encoder
 
     @torch.no_grad()
-    def encode(self, texts: list[str], facet_set: str = "raw") -> torch.Tensor:
+    def encode(self, texts: list[str], facet_set: str = RAW_FACET_SET) -> torch.Tensor:
         if facet_set not in self.text_config["facet_sets"]:
             raise FlameError(
                 f"facet set {facet_set!r} unknown to this model; known: {sorted(self.text_config['facet_sets'])}"
@@ -55,13 +54,13 @@ def _clip_text(text_config: dict, fingerprint: str | None):
     return ClipText(text_config, fingerprint)
 
 
-TEXT_SIDES = {"flame": FrozenLLMText, "clip": _clip_text}
+TEXT_TOWERS = {"flame": FrozenLLMText, "clip": _clip_text}
 
 
-def make_text_side(mode: str, text_config: dict, fingerprint: str | None):
-    if mode not in TEXT_SIDES:
-        raise FlameError(f"text mode {mode!r} is not available for FlameModel; known: {sorted(TEXT_SIDES)}")
-    return TEXT_SIDES[mode](text_config, fingerprint)
+def make_text_tower(mode: str, text_config: dict, fingerprint: str | None):
+    if mode not in TEXT_TOWERS:
+        raise FlameError(f"text mode {mode!r} is not available for FlameModel; known: {sorted(TEXT_TOWERS)}")
+    return TEXT_TOWERS[mode](text_config, fingerprint)
 
 
 def check_text_fingerprint(expected: str | None, actual: str | None, what: str) -> None:

@@ -1,17 +1,57 @@
-"""The new-data sensor.
+"""How the pipeline runs by itself: its two jobs, the retraining schedule and the new-data sensor.
 
-A manifest landing in ``orchestration.incoming_dir`` (or changing there) becomes new
-data-shard partitions and one ingest run per shard. Once every data shard is embedded
-and some embedding is newer than the model, it asks for a training run.
+- ``ingest_data_shard`` (partitioned): manifest chunk -> img2dataset shard -> embeddings;
+- ``train_evaluate_register``: train on every data shard, evaluate, register and gate;
+- ``retrain``: that job on ``orchestration.retrain_cron``;
+- ``new_manifest``: a manifest landing in ``orchestration.incoming_dir`` (or changing there)
+  becomes new data-shard partitions and one ingest run per shard; once every shard is
+  embedded and some embedding is newer than the model, it asks for a training run.
 """
+
 
 import json
 
-from dagster import AssetKey, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    RunRequest,
+    ScheduleDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    define_asset_job,
+    sensor,
+)
 
-from orchestration.jobs import ingest_job, train_job
+from flame.config import FlameConfig
 from orchestration.partitions import DATA_SHARDS, discover_chunks, file_digest, incoming_manifests
 from orchestration.resources import FlameConfigResource
+
+INGEST_ASSETS = ["manifest", "image_shards", "caption_embeddings"]
+MODEL_ASSETS = ["flame_model", "evaluation", "registered_model"]
+
+ingest_job = define_asset_job(
+    "ingest_data_shard",
+    selection=AssetSelection.assets(*INGEST_ASSETS),
+    partitions_def=DATA_SHARDS,
+    description="Manifest chunk -> img2dataset shard -> caption embeddings, for one data shard.",
+)
+
+train_job = define_asset_job(
+    "train_evaluate_register",
+    selection=AssetSelection.assets(*MODEL_ASSETS),
+    description="Train on every data shard, evaluate, register (and promote if it beats the champion).",
+)
+
+
+def retrain_schedule(config: FlameConfig) -> ScheduleDefinition:
+    return ScheduleDefinition(
+        name="retrain",
+        job=train_job,
+        cron_schedule=config.orchestration.retrain_cron,
+        execution_timezone="UTC",
+        description="Retrain, evaluate and register on all data shards (cron: orchestration.retrain_cron).",
+    )
 
 
 def _latest_timestamp(instance, key: str) -> float | None:
