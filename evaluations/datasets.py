@@ -1,7 +1,8 @@
 """Evaluation datasets read from JSONL manifests.
 
 A manifest line is one image: ``image`` (a path relative to the manifest, an absolute
-path, a ``file://`` or ``http(s)://`` URL; resolved as ``flame download`` resolves them) with ``captions`` (a list or one string) or a ``label``. Other keys
+path, a ``file://`` or ``http(s)://`` URL; resolved as ``flame download`` resolves them)
+with ``captions`` (a list or one string) or a ``label``. Other keys
 name other caption fields, e.g. ``zh``. Loaders return plain lists that the tasks turn
 into embeddings; nothing here touches a model.
 """

@@ -118,13 +118,12 @@ def resolve_location(value: str, base_dir: Path) -> str:
 
 
 def resolve_url(value: str, base_dir: Path) -> str:
-    """``resolve_location`` as a URL img2dataset fetches: local paths become ``file://`` URIs."""
-    location = resolve_location(value, base_dir)
-    if urlparse(location).scheme in REMOTE_SCHEMES:
-        return location
-    if value.strip().startswith("file://"):
-        return value.strip()
-    return Path(location).resolve().as_uri()
+    """A URL img2dataset fetches: ``http(s)://`` and ``file://`` stay; a plain path becomes the
+    ``file://`` URI of its ``resolve_location``."""
+    value = value.strip()
+    if urlparse(value).scheme in (*REMOTE_SCHEMES, "file"):
+        return value
+    return Path(resolve_location(value, base_dir)).resolve().as_uri()
 
 
 def _caption_list(value) -> list[str]:

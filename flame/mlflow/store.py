@@ -90,8 +90,6 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
         yield
     finally:
         mlflow.set_tracking_uri(previous)  # None unsets the variable again
-        if previous is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 def get_or_create_experiment(client, name: str) -> str:

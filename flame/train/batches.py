@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ShardPlan:
     shards: list[Path]
-    usable: dict[str, int]  # shard name -> samples with embeddings
+    usable: dict[str, int]  # shard name -> samples with texts (their text mode can use)
     missing: int = 0
     missing_examples: list[str] = field(default_factory=list)
 

@@ -66,9 +66,6 @@ class _Trainer:
         self.config, self.cfg, self.ctx = config, config.train, ctx
         self.mode = mode
         self.shards_dir, self.out_dir = shards_dir, out_dir
-        self.text_fingerprint = mode.text_fingerprint
-        self.store_fingerprint = mode.source_fingerprint
-        self.text_source = mode.source
         mode.check(self.cfg)
         if self.cfg.batch_size % ctx.world_size:
             raise FlameError(f"train.batch_size={self.cfg.batch_size} is not divisible by {ctx.world_size} processes")
@@ -117,13 +114,13 @@ class _Trainer:
             return None
         state = ckpt.load_train_state(self.out_dir)
         for what, theirs, ours in (
-            ("text encoder fingerprint", state.get("text_fingerprint"), self.text_fingerprint),
-            ("embedding store fingerprint", state.get("store_fingerprint"), self.store_fingerprint),
+            ("text encoder fingerprint", state.get("text_fingerprint"), self.mode.text_fingerprint),
+            ("embedding store fingerprint", state.get("store_fingerprint"), self.mode.source_fingerprint),
         ):
             if theirs != ours:
                 raise FlameError(
                     f"refusing to resume {self.out_dir}: it was trained against {what} {theirs}, but "
-                    f"{self.text_source} has {ours}; its text embeddings are not comparable. "
+                    f"{self.mode.source} has {ours}; its text embeddings are not comparable. "
                     "Train into another --out, or resume with the original embeddings"
                 )
         return state
@@ -188,7 +185,8 @@ class _Trainer:
         tracker = self._tracker()
         if tracker:
             tracker.log_params(self.config.to_flat_dict())
-            tracker.set_tags({"text_fingerprint": self.text_fingerprint, "embedding_store": self.store_fingerprint})
+            tracker.set_tags({"text_fingerprint": self.mode.text_fingerprint,
+                              "embedding_store": self.mode.source_fingerprint})
         timing = {"images": 0, "seconds": 0.0, "wait": 0.0}
         status = "FAILED"
         try:
@@ -280,7 +278,7 @@ class _Trainer:
                 if ckpt.has_checkpoint(self.out_dir) else "no checkpoint had been written yet")
         raise FlameError(
             f"training stopped: {what} at epoch {s['epoch'] + 1}, step {s['step'] + 1}; nothing was saved for this "
-            f"step and {kept}. Lower train.lr or check the embeddings in {self.text_source} for NaN/Inf"
+            f"step and {kept}. Lower train.lr or check the embeddings in {self.mode.source} for NaN/Inf"
         )
 
     def _save(self) -> None:
@@ -293,8 +291,8 @@ class _Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "steps_per_epoch": self.steps_per_epoch,
                 "horizon_epochs": self.horizon_epochs,
-                "text_fingerprint": self.text_fingerprint,
-                "store_fingerprint": self.store_fingerprint,
+                "text_fingerprint": self.mode.text_fingerprint,
+                "store_fingerprint": self.mode.source_fingerprint,
             })
         if self.ctx.enabled:
             torch.distributed.barrier()
@@ -318,7 +316,7 @@ class _Trainer:
             "skipped": {"corrupt_images": s["skipped_corrupt"], "missing_embeddings": self.plan.missing},
             "precision": self.precision,
             "device": str(self.ctx.device),
-            "text_fingerprint": self.text_fingerprint,
-            "embedding_store": self.store_fingerprint,
+            "text_fingerprint": self.mode.text_fingerprint,
+            "embedding_store": self.mode.source_fingerprint,
             "resumed_from_step": resumed_from,
         }
