@@ -53,6 +53,7 @@ def main() -> None:
         cache = TextEmbeddingCache("bench", "raw", Path(tmp))
         t = time.perf_counter()
         cache.put(strings, texts)
+        cache.flush()
         put_s = time.perf_counter() - t
         t = time.perf_counter()
         found, missing = TextEmbeddingCache("bench", "raw", Path(tmp)).get(strings)

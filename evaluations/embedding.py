@@ -1,8 +1,8 @@
 """Embedding evaluation images and texts with a model, in batches, with progress bars.
 
 The model is anything with ``preprocess(PIL) -> [3,H,W]``, ``encode_image([B,3,H,W]) -> [B,D]``
-and ``encode_text(texts, facet_set) -> [N,D]`` (a ``flame.model.FlameModel``). Text
-embeddings are cached on disk by the model's ``text_fingerprint`` (see ``text_cache``).
+and ``encode_text(texts, facet_set, pooling) -> [N,D]`` (a ``flame.model.FlameModel``).
+Text embeddings are cached on disk by the model's ``text_fingerprint`` (see ``text_cache``).
 """
 
 from __future__ import annotations
@@ -32,21 +32,26 @@ def embed_images(model, images: Sequence[str], batch_size: int = 64, desc: str =
 
 @torch.inference_mode()
 def embed_texts(model, texts: Sequence[str], facet_set: str = RAW_FACET_SET, batch_size: int = 64, desc: str = "embedding texts",
-                use_cache: bool = False) -> torch.Tensor:
-    """``[N, D]`` float32 embeddings from ``model.encode_text`` (frozen LLM, facet-averaged), L2-normalised."""
+                use_cache: bool = False, pooling: str = "mean_then_normalize") -> torch.Tensor:
+    """``[N, D]`` float32 embeddings from ``model.encode_text`` (frozen LLM, the facet set's
+    states pooled by ``pooling``), L2-normalised. Cached texts are not embedded again."""
     texts = list(texts)
     fingerprint = getattr(model, "text_fingerprint", None)
-    cache = TextEmbeddingCache(fingerprint, facet_set) if use_cache and fingerprint else None
+    cache = TextEmbeddingCache(fingerprint, f"{facet_set}.{pooling}") if use_cache and fingerprint else None
     found, missing = cache.get(texts) if cache else ({}, list(range(len(texts))))
     computed = []
     with tqdm(total=len(texts), initial=len(found), desc=desc, unit="text") as bar:
-        for start in range(0, len(missing), batch_size):
-            batch = [texts[i] for i in missing[start:start + batch_size]]
-            emb = torch.nn.functional.normalize(model.encode_text(batch, facet_set=facet_set).float(), dim=-1)
-            computed.append(emb)
-            if cache:
-                cache.put(batch, emb)
-            bar.update(len(batch))
+        try:
+            for start in range(0, len(missing), batch_size):
+                batch = [texts[i] for i in missing[start:start + batch_size]]
+                emb = torch.nn.functional.normalize(model.encode_text(batch, facet_set=facet_set, pooling=pooling).float(), dim=-1)
+                computed.append(emb)
+                if cache is not None:
+                    cache.put(batch, emb)
+                bar.update(len(batch))
+        finally:  # an interrupted run keeps what it embedded
+            if cache is not None:
+                cache.flush()
     rows: list[torch.Tensor | None] = [found.get(i) for i in range(len(texts))]
     if computed:
         for i, row in zip(missing, torch.cat(computed)):

@@ -1,6 +1,7 @@
 """Run benchmarks (by name) or a user's manifest on a model; write CLIP_benchmark-style JSON.
 
-One result is ``{"dataset", "model", "pretrained", "task", "metrics", "details", "plots"}``;
+One result is ``{"dataset", "model", "pretrained", "task", "text_protocol", "metrics",
+"details", "plots"}`` (``text_protocol``: how its texts were embedded, see ``protocol``);
 several are ``{"results": [...], "summary": {...}, "skipped": [...]}`` where ``summary``
 flattens every metric to ``{benchmark}/{metric}`` (the registry gate reads one of them).
 """
@@ -18,14 +19,14 @@ from evaluations.embedding import embed_images
 from evaluations.image_checks import check_images
 from evaluations.plots import metric_bars, retrieval_grid
 from evaluations.benchmarks import BENCHMARKS, get_benchmark
+from evaluations.protocol import TextProtocol, text_protocol
 from evaluations.tasks import MANIFEST_TASKS, TASK_JSON_NAMES, TaskOutput
 from evaluations.tasks.linear_probe import evaluate_linear_probe
 from evaluations.tasks.multilingual_retrieval import evaluate_multilingual
 from evaluations.tasks.retrieval import evaluate_retrieval
 from evaluations.tasks.text_pair_retrieval import evaluate_text_pairs
 from evaluations.tasks.zeroshot_classification import evaluate_zeroshot
-from evaluations.templates import get_templates
-from flame.config import LONG_FACET_SET, RAW_FACET_SET, EvalConfig
+from flame.config import EvalConfig
 from flame.errors import FlameError
 
 log = logging.getLogger(__name__)
@@ -39,21 +40,21 @@ def describe_model(model) -> str:
     return f"flame[{image}|{text}]" if image else type(model).__name__
 
 
-def run_task(model, task: str, data, config: EvalConfig, image_emb: torch.Tensor | None = None) -> TaskOutput:
+def run_task(model, task: str, data, config: EvalConfig, image_emb: torch.Tensor | None = None,
+             protocol: TextProtocol | None = None) -> TaskOutput:
     bs, cache = config.batch_size, config.text_cache
-    if task == "retrieval":
-        return evaluate_retrieval(model, data, RAW_FACET_SET, bs, config.example_queries, image_emb, cache)
-    if task == "long_retrieval":
-        return evaluate_retrieval(model, data, LONG_FACET_SET, bs, config.example_queries, image_emb, cache)
+    protocol = protocol or text_protocol(config, task)
+    if task in ("retrieval", "long_retrieval"):
+        return evaluate_retrieval(model, data, protocol, bs, config.example_queries, image_emb, cache)
     if task == "multilingual_retrieval":
-        return evaluate_multilingual(model, data, bs, cache, image_emb)
+        return evaluate_multilingual(model, data, protocol, bs, cache, image_emb)
     if task == "zeroshot_classification":
-        return evaluate_zeroshot(model, data, get_templates(config.templates), bs, cache, image_emb)
+        return evaluate_zeroshot(model, data, protocol, bs, cache, image_emb)
     if task == "linear_probe":
         return evaluate_linear_probe(model, data, config.linear_probe_train_per_class, config.linear_probe_c, bs,
                                      image_emb=image_emb)
     if task == "text_pair_retrieval":
-        return evaluate_text_pairs(model, data, bs, cache_texts=cache)
+        return evaluate_text_pairs(model, data, protocol, bs, cache_texts=cache)
     raise FlameError(f"unknown task {task!r}; available: {', '.join(TASK_JSON_NAMES)}")
 
 
@@ -69,13 +70,16 @@ def evaluate_dataset(
     pretrained: str = "",
     plot_prefix: str = "",
     image_memo: dict[str, torch.Tensor] | None = None,
+    benchmark: str | None = None,
 ) -> dict:
     """Check images, score ``data`` with ``task``, draw plots into ``out_dir``; one result dict.
 
     ``image_memo`` (image path -> embedding) lets several benchmarks over the same images
-    in one run embed each image once.
+    in one run embed each image once. ``benchmark``: the registered benchmark this is, whose
+    own entry in ``eval.text_protocols`` (if any) overrides the task's.
     """
     config = config or EvalConfig()
+    protocol = text_protocol(config, task, benchmark)
     details: dict = {}
     image_emb = None
     if task in IMAGE_TASKS:
@@ -90,12 +94,13 @@ def evaluate_dataset(
         image_emb = _embed_images_once(model, data.images, config.batch_size, name, image_memo)
     elif limit:
         data = [ds.TextPairSet(p.name, p.queries[:limit], p.targets[:limit]) for p in data]
-    output = run_task(model, task, data, config, image_emb)
+    output = run_task(model, task, data, config, image_emb, protocol)
     result = {
         "dataset": name,
         "model": describe_model(model),
         "pretrained": pretrained,
         "task": TASK_JSON_NAMES[task],
+        "text_protocol": protocol.describe(model) if task != "linear_probe" else None,
         "metrics": output.metrics,
         "details": {**output.details, **details},
         "plots": [],
@@ -132,7 +137,7 @@ def evaluate_benchmark(model, name: str, out_dir: str | Path | None = None, conf
     if not path.exists():
         raise FlameError(f"benchmark {name!r}: data not found at {path} (set FLAME_SHARED_DATA to the folder holding it)")
     data = bench.load(path, config)
-    return evaluate_dataset(model, bench.task, data, name, config, out_dir, **kwargs)
+    return evaluate_dataset(model, bench.task, data, name, config, out_dir, benchmark=name, **kwargs)
 
 
 def expand_names(names: Iterable[str]) -> tuple[list[str], list[dict]]:

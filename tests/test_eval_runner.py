@@ -24,8 +24,8 @@ class ClipBenchmarkView:
     """Presents a FlameModel the way clip-benchmark expects: its "tokenizer" turns texts into
     indices, and ``encode_text`` maps them back to strings for the frozen LLM."""
 
-    def __init__(self, model):
-        self.model, self.texts = model, []
+    def __init__(self, model, facet_set="raw"):
+        self.model, self.texts, self.facet_set = model, [], facet_set
 
     def tokenizer(self, texts):
         start = len(self.texts)
@@ -36,7 +36,7 @@ class ClipBenchmarkView:
         return self.model.encode_image(pixels)
 
     def encode_text(self, ids):
-        return self.model.encode_text([self.texts[i] for i in ids.tolist()], facet_set="raw")
+        return self.model.encode_text([self.texts[i] for i in ids.tolist()], facet_set=self.facet_set)
 
 
 def _loader(model, images, targets, batch_size=4):
@@ -58,7 +58,9 @@ def test_retrieval_matches_clip_benchmark_on_the_same_model(eval_model, eval_con
     assert result["details"]["n_images"] == n and result["details"]["n_texts"] == 5 * n
     data = get_benchmark("sample-dev-retrieval").load(get_benchmark("sample-dev-retrieval").path(), eval_config.eval).subset(list(range(n)))
     captions = [[t for t, i in zip(data.texts, data.text_to_image) if i == img] for img in range(n)]
-    view = ClipBenchmarkView(eval_model)
+    # the paper's protocol: English retrieval through the 7 long facets, averaged then normalised
+    assert result["text_protocol"] == {"text_mode": "flame", "facet_set": "long", "K": 7, "pooling": "mean_then_normalize"}
+    view = ClipBenchmarkView(eval_model, "long")
     expected = cb_ret.evaluate(view, _loader(eval_model, data.images, captions), view.tokenizer, "cpu", amp=False, recall_k_list=[1, 5])
     for key, value in expected.items():
         assert result["metrics"][key] == pytest.approx(value, abs=1e-6), key
@@ -75,6 +77,8 @@ def test_zeroshot_matches_clip_benchmark_with_labels_in_any_language(eval_model,
     path = eval_manifest(6, extra=lambda i, row: {"label": labels[i % 3]})
     result = runner.evaluate_manifest(eval_model, path, "zeroshot_classification", config=eval_config.eval)
     assert result["task"] == "zeroshot_classification" and result["details"]["n_templates"] == len(SHORT)
+    assert result["text_protocol"] == {"text_mode": "flame", "facet_set": "raw", "K": 1, "pooling": "mean_then_normalize",
+                                       "templates": "short", "n_templates": len(SHORT)}
     data = ds.load_classification(path)
     view = ClipBenchmarkView(eval_model)
     templates = [t.replace("{}", "{c}") for t in SHORT]
@@ -149,14 +153,62 @@ def test_flame_evaluate_cli_all_and_manifest_errors(eval_checkpoint, eval_manife
 
 def test_text_embeddings_are_cached_per_fingerprint(eval_model, eval_text_cache):
     texts = ["a dog runs on the beach", "二人の子供が公園で遊んでいる"]
+    name = "raw.mean_then_normalize"
     first = embed_texts(eval_model, texts, "raw", use_cache=True)
-    cache = TextEmbeddingCache(eval_model.text_fingerprint, "raw")
+    cache = TextEmbeddingCache(eval_model.text_fingerprint, name)
     assert cache.path.parent == eval_text_cache / eval_model.text_fingerprint
     found, missing = cache.get(texts)
     assert missing == [] and torch.equal(torch.stack([found[0], found[1]]), first)
     assert torch.allclose(embed_texts(eval_model, texts, "raw", use_cache=False), first, atol=1e-5)
-    # A damaged cache file is ignored (and rebuilt), never trusted.
-    cache.path.write_bytes(b"garbage")
-    assert TextEmbeddingCache(eval_model.text_fingerprint, "raw").get(texts)[1] == [0, 1]
+    # A damaged cache part is ignored (and rebuilt), never trusted.
+    for part in cache.path.glob("part-*.safetensors"):
+        part.write_bytes(b"garbage")
+    assert TextEmbeddingCache(eval_model.text_fingerprint, name).get(texts)[1] == [0, 1]
     assert torch.allclose(embed_texts(eval_model, texts, "raw", use_cache=True), first, atol=1e-5)
-    assert TextEmbeddingCache(eval_model.text_fingerprint, "raw").get(texts)[1] == []
+    assert TextEmbeddingCache(eval_model.text_fingerprint, name).get(texts)[1] == []
+
+
+class CountingEncoder:
+    """The real text encoder, counting the captions it is asked to embed."""
+
+    def __init__(self, encoder):
+        self.encoder, self.captions = encoder, 0
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def encode(self, captions, facet_set, batch_size=None):
+        self.captions += len(captions)
+        return self.encoder.encode(captions, facet_set, batch_size)
+
+
+def test_class_prompts_are_embedded_once_per_fingerprint(eval_model, eval_config, eval_manifest, monkeypatch):
+    counting = CountingEncoder(eval_model.text.encoder)
+    monkeypatch.setattr(eval_model.text, "_encoder", counting)
+    path = eval_manifest(4, extra=lambda i, row: {"label": ["tabby cat", "canoe", "sea anemone", "tractor"][i]})
+    config = eval_config.eval.model_copy(update={"templates": "single"})
+    first = runner.evaluate_manifest(eval_model, path, "zeroshot_classification", config=config)
+    assert counting.captions == 4  # 4 classes x 1 template, raw prompt
+    second = runner.evaluate_manifest(eval_model, path, "zeroshot_classification", config=config)
+    assert counting.captions == 4  # the second evaluation of the same classes embeds nothing
+    assert second["metrics"] == first["metrics"]
+
+
+def test_text_protocol_is_configurable_per_benchmark_and_pools_like_the_reference(eval_model, eval_config):
+    texts = ["Two dogs play in the snow", "A man rides a red bicycle past a cafe"]
+    per_facet = eval_model.text.encoder.encode(texts, "long")  # [N, 7, D] raw hidden states
+    pooled = embed_texts(eval_model, texts, "long")
+    assert torch.allclose(pooled, torch.nn.functional.normalize(per_facet.mean(dim=1), dim=-1), atol=1e-5)
+    unit_first = embed_texts(eval_model, texts, "long", pooling="normalize_then_mean")
+    expected = torch.nn.functional.normalize(torch.nn.functional.normalize(per_facet, dim=-1).mean(dim=1), dim=-1)
+    assert torch.allclose(unit_first, expected, atol=1e-5) and not torch.allclose(unit_first, pooled, atol=1e-4)
+
+    config = eval_config.eval.model_copy(update={"text_protocols": {**eval_config.eval.text_protocols, "sample-dev-retrieval": "raw"},
+                                                 "plots": False})
+    result = runner.evaluate_benchmark(eval_model, "sample-dev-retrieval", config=config, limit=2)
+    assert result["text_protocol"]["facet_set"] == "raw" and result["details"]["facet_set"] == "raw"
+    long = runner.evaluate_benchmark(eval_model, "sample-dev-long", config=config, limit=2)
+    assert long["text_protocol"]["facet_set"] == "long"  # only the named benchmark changed
+    bad = config.model_copy(update={"text_protocols": {"retreival": "raw"}})
+    with pytest.raises(Exception, match=r"eval\.text_protocols\.retreival: not a task"):
+        runner.evaluate_benchmark(eval_model, "sample-dev-retrieval", config=bad, limit=2)

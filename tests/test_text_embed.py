@@ -19,6 +19,8 @@ from flame.cli import main as cli_main
 from flame.config import load_config, repo_root
 from flame.errors import FlameError
 from flame.text.embed import run_embedding
+from flame.text.encoder import TextEncoder
+from flame.text.llm import load_llm
 from flame.text.store import EmbeddingStore
 from tests.fixtures.text import text_config
 
@@ -57,6 +59,18 @@ def _shard_dir(root: Path, shards: int, per_shard: int) -> Path:
 
 
 @pytest.mark.slow
+def test_store_made_in_one_dtype_is_used_where_another_is_chosen(tmp_path, tiny_encoder, tiny_encoder_fp32):
+    manifest = _write_jsonl(tmp_path / "part.jsonl", _sample_rows(2))
+    bf16 = text_config(dtype="bfloat16")
+    loaded = load_llm(bf16.llm, dtype="bfloat16")
+    made = run_embedding(bf16, manifest, tmp_path / "emb", encoder=TextEncoder(bf16, loaded), progress=False)
+    fp32 = run_embedding(text_config(dtype="float32"), manifest, tmp_path / "emb", encoder=tiny_encoder_fp32, progress=False)
+    assert fp32["store"] == made["store"] and fp32["shards_skipped"] == 1 and fp32["shards_done"] == 0
+    store = EmbeddingStore.open(made["store"])
+    assert store.meta["compute_dtype"] == "bfloat16" and store.stats("part")["compute_dtype"] == "bfloat16"
+
+
+@pytest.mark.slow
 def test_jsonl_store_layout_skips_empty_and_cycles(tmp_path, tiny_encoder):
     rows = _sample_rows(2)
     rows[1] = {"caption": "A brown dog runs along the beach."}  # one caption only: cycled
@@ -80,6 +94,9 @@ def test_jsonl_store_layout_skips_empty_and_cycles(tmp_path, tiny_encoder):
     assert [c["facet_set"] for c in layout] == ["raw", "raw"] + ["short"] * 6
     assert [(c["caption_index"], c["facet_index"]) for c in layout[2:5]] == [(0, 0), (0, 1), (0, 2)]
     assert store.meta["fingerprint_inputs"]["captions_per_sample"] == 2
+    # the compute dtype is recorded, not fingerprinted
+    assert store.meta["compute_dtype"] == stats["compute_dtype"] == tiny_encoder.dtype_name
+    assert "dtype" not in store.meta["fingerprint_inputs"]
     # the embeddings are normalised, and a cycled caption repeats its columns exactly
     assert torch.allclose(emb.float().norm(dim=-1), torch.ones(3, 8), atol=1e-2)
     assert torch.equal(emb[1, 0], emb[1, 1]) and torch.equal(emb[1, 2:5], emb[1, 5:8])

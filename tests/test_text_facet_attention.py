@@ -1,32 +1,31 @@
-"""The facet-decoupled layout and mask, checked on hand-made token ids (no LLM)."""
+"""The shared-prefix facet layout and mask, checked on hand-made token ids (no LLM)."""
 
 from __future__ import annotations
 
 import torch
 
-from flame.text.facet_attention import PromptTokens, length_batches, pack
+from flame.text.facet_attention import PromptTokens, facet_batch, length_batches
 
 
-def test_mask_positions_and_last_tokens():
-    # prefix of 3 tokens, facets of 2 and 3 tokens; second row shorter (padded)
+def test_layout_positions_and_mask():
+    # prefix of 3 tokens, facets of 2 and 3 tokens; second caption shorter (padded)
     items = [PromptTokens([1, 2, 3], [[4, 5], [6, 7, 8]]), PromptTokens([1, 2], [[4], [6]])]
-    batch = pack(items, pad_id=0)
-    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 4, 6, 0, 0, 0, 0]]
-    # each facet's positions restart where the prefix ends
-    assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4, 3, 4, 5]
-    assert batch.position_ids[1, :4].tolist() == [0, 1, 2, 2]
-    assert batch.last_index.tolist() == [[4, 7], [2, 3]]
+    batch = facet_batch(items, pad_id=0)
+    assert batch.prefix_ids.tolist() == [[1, 2, 3], [1, 2, 0]] and batch.prefix_lengths.tolist() == [3, 2]
+    assert batch.facet_ids.tolist() == [[4, 5, 6, 7, 8], [4, 6, 0, 0, 0]]
+    # each facet continues from its own caption's prefix length
+    assert batch.facet_positions.tolist() == [[3, 4, 3, 4, 5], [2, 2, 0, 0, 0]]
+    assert batch.last_index.tolist() == [[1, 4], [0, 1]]
 
-    mask = batch.attention_mask()[:, 0]
-    assert mask.shape == (2, 8, 8) and mask.dtype == torch.bool
+    mask = batch.facet_attention_mask()[:, 0]
+    assert mask.shape == (2, 5, 8) and mask.dtype == torch.bool  # [B, F, P + F]
     row = mask[0].int().tolist()
-    assert row[2] == [1, 1, 1, 0, 0, 0, 0, 0]  # prefix: causal
-    assert row[4] == [1, 1, 1, 1, 1, 0, 0, 0]  # facet 1: prefix + itself
-    assert row[5] == [1, 1, 1, 0, 0, 1, 0, 0]  # facet 2 starts: prefix, never facet 1
-    assert row[7] == [1, 1, 1, 0, 0, 1, 1, 1]
-    # padding: invisible to real tokens, and each pad row sees itself (no all-masked row -> no NaN)
-    assert not mask[1, :4, 4:].any()
-    assert mask[1, 4:, :].int().tolist() == torch.eye(8, dtype=torch.int)[4:].tolist()
+    assert row[1] == [1, 1, 1, 1, 1, 0, 0, 0]  # facet 1: the prefix + itself
+    assert row[2] == [1, 1, 1, 0, 0, 1, 0, 0]  # facet 2 starts: the prefix, never facet 1
+    assert row[4] == [1, 1, 1, 0, 0, 1, 1, 1]
+    # caption 2: its prefix padding and facet padding are invisible; pad rows see the first token
+    assert mask[1].int().tolist()[1] == [1, 1, 0, 0, 1, 0, 0, 0]
+    assert not mask[1, :, 2].any() and not mask[1, :2, 5:].any()
     assert mask.any(dim=-1).all()
 
 

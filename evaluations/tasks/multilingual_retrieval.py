@@ -1,4 +1,5 @@
-"""Multilingual retrieval: per language, R@1 both ways with the single raw prompt; then the average.
+"""Multilingual retrieval: per language, R@1 both ways with the protocol's facet set (the
+paper: the single raw prompt); then the average.
 
 Images are embedded once; each language is scored on the images it has captions for, so
 its chance level is reported beside it.
@@ -12,21 +13,22 @@ import torch
 from evaluations.datasets import MultilingualSet
 from evaluations.embedding import embed_images, embed_texts
 from evaluations.metrics import retrieval_metrics
+from evaluations.protocol import TextProtocol
 from evaluations.tasks import TaskOutput
-from flame.config import RAW_FACET_SET
 
 KEYS = ("image_retrieval_recall@1", "text_retrieval_recall@1", "mean_recall@1")
 
 
-def evaluate_multilingual(model, data: MultilingualSet, batch_size: int = 64, cache_texts: bool = False,
-                          image_emb: torch.Tensor | None = None) -> TaskOutput:
+def evaluate_multilingual(model, data: MultilingualSet, protocol: TextProtocol = TextProtocol(), batch_size: int = 64,
+                          cache_texts: bool = False, image_emb: torch.Tensor | None = None) -> TaskOutput:
     if image_emb is None:
         image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
     metrics: dict[str, float] = {}
     per_language: dict[str, dict] = {}
     for lang in data.languages:
         used, subset = data.for_language(lang)
-        text_emb = embed_texts(model, subset.texts, RAW_FACET_SET, batch_size, desc=f"{data.name}: {lang} texts", use_cache=cache_texts)
+        text_emb = embed_texts(model, subset.texts, protocol.facet_set, batch_size, desc=f"{data.name}: {lang} texts",
+                               use_cache=cache_texts, pooling=protocol.pooling)
         m = retrieval_metrics(image_emb[used], text_emb, subset.text_to_image, ks=(1,))
         for key in KEYS:
             metrics[f"{lang}_{key}"] = m[key]
@@ -35,5 +37,5 @@ def evaluate_multilingual(model, data: MultilingualSet, batch_size: int = 64, ca
     for key in KEYS:
         metrics[key] = float(np.mean([metrics[f"{lang}_{key}"] for lang in data.languages]))
         metrics[f"chance_{key}"] = float(np.mean([metrics[f"chance_{lang}_{key}"] for lang in data.languages]))
-    details = {"n_images": len(data.images), "languages": per_language, "facet_set": RAW_FACET_SET}
+    details = {"n_images": len(data.images), "languages": per_language, "facet_set": protocol.facet_set}
     return TaskOutput(metrics, details)

@@ -1,6 +1,7 @@
 """Image-text retrieval: R@1/5/10 both ways, several texts per image allowed.
 
-``long_retrieval`` is the same with the texts embedded by all long facets, averaged.
+The texts are embedded by the protocol's facet set (the paper: the long facets, averaged
+then normalised); ``long_retrieval`` is the same task on long descriptions.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ import torch
 from evaluations.datasets import RetrievalSet
 from evaluations.embedding import embed_images, embed_texts
 from evaluations.metrics import retrieval_metrics
+from evaluations.protocol import TextProtocol
 from evaluations.tasks import RetrievalExamples, TaskOutput
-from flame.config import RAW_FACET_SET
 
 
 def evaluate_retrieval(
     model,
     data: RetrievalSet,
-    facet_set: str = RAW_FACET_SET,
+    protocol: TextProtocol = TextProtocol(),
     batch_size: int = 64,
     n_examples: int = 4,
     image_emb: torch.Tensor | None = None,
@@ -25,12 +26,13 @@ def evaluate_retrieval(
 ) -> TaskOutput:
     if image_emb is None:
         image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
-    text_emb = embed_texts(model, data.texts, facet_set, batch_size, desc=f"{data.name}: texts ({facet_set})", use_cache=cache_texts)
+    text_emb = embed_texts(model, data.texts, protocol.facet_set, batch_size, desc=f"{data.name}: texts ({protocol.facet_set})",
+                           use_cache=cache_texts, pooling=protocol.pooling)
     metrics = retrieval_metrics(image_emb, text_emb, data.text_to_image)
     details = {
         "n_images": len(data.images),
         "n_texts": len(data.texts),
-        "facet_set": facet_set,
+        "facet_set": protocol.facet_set,
         "skipped_rows_without_text": data.skipped_rows,
     }
     return TaskOutput(metrics, details, _examples(data, image_emb, text_emb, n_examples))

@@ -13,6 +13,7 @@ import numpy as np
 from evaluations.datasets import TextPairSet
 from evaluations.embedding import embed_texts
 from evaluations.metrics import retrieval_metrics
+from evaluations.protocol import TextProtocol
 from evaluations.tasks import TaskOutput
 from flame.config import LONG_FACET_SET, RAW_FACET_SET
 
@@ -20,15 +21,19 @@ FACET_SETS = (RAW_FACET_SET, LONG_FACET_SET)
 KS = (1, 5)
 
 
-def evaluate_text_pairs(model, sets: list[TextPairSet], batch_size: int = 64, facet_sets=FACET_SETS, cache_texts: bool = False) -> TaskOutput:
+def evaluate_text_pairs(model, sets: list[TextPairSet], protocol: TextProtocol = TextProtocol(), batch_size: int = 64,
+                        facet_sets=FACET_SETS, cache_texts: bool = False) -> TaskOutput:
+    """Both ``facet_sets`` are scored, each pooled as ``protocol`` says (its own facet set is ignored)."""
     metrics: dict[str, float] = {}
     details: dict = {"sources": {}}
     for pairs in sets:
         n = len(pairs.queries)
         details["sources"][pairs.name] = {"n_pairs": n}
         for facet_set in facet_sets:
-            q = embed_texts(model, pairs.queries, facet_set, batch_size, desc=f"{pairs.name}: queries ({facet_set})", use_cache=cache_texts)
-            t = embed_texts(model, pairs.targets, facet_set, batch_size, desc=f"{pairs.name}: targets ({facet_set})", use_cache=cache_texts)
+            q = embed_texts(model, pairs.queries, facet_set, batch_size, desc=f"{pairs.name}: queries ({facet_set})",
+                            use_cache=cache_texts, pooling=protocol.pooling)
+            t = embed_texts(model, pairs.targets, facet_set, batch_size, desc=f"{pairs.name}: targets ({facet_set})",
+                            use_cache=cache_texts, pooling=protocol.pooling)
             # Targets play the images: "image_retrieval" is query -> target, "text_retrieval" target -> query.
             m = retrieval_metrics(t, q, list(range(n)), ks=KS)
             for k in KS:

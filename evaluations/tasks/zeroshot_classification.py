@@ -1,5 +1,6 @@
 """Zero-shot classification: each class is the mean of its name in every template,
-embedded by the frozen LLM with the raw prompt; images go to the most similar class."""
+embedded by the frozen LLM with the protocol's facet set (the paper: the raw prompt over
+OpenAI's 80 ImageNet templates); images go to the most similar class."""
 
 from __future__ import annotations
 
@@ -8,26 +9,32 @@ import torch
 from evaluations.datasets import ClassificationSet
 from evaluations.embedding import embed_images, embed_texts
 from evaluations.metrics import classification_metrics
+from evaluations.protocol import TextProtocol
 from evaluations.tasks import TaskOutput
-from flame.config import RAW_FACET_SET
 from flame.model.zero_shot import build_zero_shot_classifier
 
 
-def class_embeddings(model, classnames: list[str], templates, batch_size: int = 64, cache_texts: bool = False) -> torch.Tensor:
+def class_embeddings(model, classnames: list[str], protocol: TextProtocol, batch_size: int = 64,
+                     cache_texts: bool = False) -> torch.Tensor:
     """``[C, D]``: per class, the normalised mean of its normalised template embeddings
     (batched, with a progress bar, and cached by the text encoder's fingerprint)."""
+    templates = protocol.template_strings()
+
     def encode(prompts: list[str]) -> torch.Tensor:
-        return embed_texts(model, prompts, RAW_FACET_SET, batch_size, desc="class prompts", use_cache=cache_texts)
+        return embed_texts(model, prompts, protocol.facet_set, batch_size,
+                           desc=f"class prompts ({len(classnames)} classes x {len(templates)} templates)",
+                           use_cache=cache_texts, pooling=protocol.pooling)
 
-    return build_zero_shot_classifier(model, classnames, templates, RAW_FACET_SET, encode_texts=encode)
+    return build_zero_shot_classifier(model, classnames, templates, protocol.facet_set, encode_texts=encode)
 
 
-def evaluate_zeroshot(model, data: ClassificationSet, templates, batch_size: int = 64, cache_texts: bool = False,
-                      image_emb: torch.Tensor | None = None) -> TaskOutput:
+def evaluate_zeroshot(model, data: ClassificationSet, protocol: TextProtocol = TextProtocol(templates="openai"),
+                      batch_size: int = 64, cache_texts: bool = False, image_emb: torch.Tensor | None = None) -> TaskOutput:
     if image_emb is None:
         image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
-    classifier = class_embeddings(model, data.classnames, templates, batch_size, cache_texts)
+    classifier = class_embeddings(model, data.classnames, protocol, batch_size, cache_texts)
     logits = image_emb @ classifier.T
     metrics = classification_metrics(logits, data.labels)
-    details = {"n_images": len(data.images), "n_classes": len(data.classnames), "n_templates": len(templates)}
+    details = {"n_images": len(data.images), "n_classes": len(data.classnames),
+               "n_templates": len(protocol.template_strings()), "facet_set": protocol.facet_set}
     return TaskOutput(metrics, details)

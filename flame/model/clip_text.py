@@ -64,7 +64,7 @@ class ClipText(nn.Module):
         return F.normalize(self.transformer(tokens), dim=-1)
 
     @torch.no_grad()
-    def encode(self, texts: list[str], facet_set: str = RAW_FACET_SET) -> torch.Tensor:
-        # facet_set only means something to the frozen LLM's prompts; the baseline reads the text itself.
+    def encode(self, texts: list[str], facet_set: str = RAW_FACET_SET, pooling: str | None = None) -> torch.Tensor:
+        # facet_set and pooling only mean something to the frozen LLM's prompts; the baseline reads the text itself.
         device = next(self.parameters()).device
         return self(tokenize(texts, self.cfg.context_length).to(device)).float()

@@ -15,7 +15,7 @@ from flame import checkpoint
 from flame.config import RAW_FACET_SET, ImageConfig
 from flame.errors import FlameError
 from flame.model.image_tower import ImageTower
-from flame.model.text_towers import make_text_tower
+from flame.model.text_towers import MEAN_THEN_NORMALIZE, make_text_tower
 from flame.model.transforms import eval_transform
 
 
@@ -57,10 +57,10 @@ class FlameModel(nn.Module):
             return self.encode_image(pixels)
         return self.encode_image(pixels), self.text(text_tokens)
 
-    def encode_text(self, texts: list[str], facet_set: str = RAW_FACET_SET) -> torch.Tensor:
-        """Texts -> L2-normalised ``[N, D]`` through the frozen LLM, averaged over the facet set
-        (clip mode: through the trained text tower; ``facet_set`` is ignored)."""
-        return self.text.encode(texts, facet_set)
+    def encode_text(self, texts: list[str], facet_set: str = RAW_FACET_SET, pooling: str = MEAN_THEN_NORMALIZE) -> torch.Tensor:
+        """Texts -> L2-normalised ``[N, D]`` through the frozen LLM, its facet set's K states
+        pooled by ``pooling`` (clip mode: the trained text tower; both arguments are ignored)."""
+        return self.text.encode(texts, facet_set, pooling)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return eval_transform(image, self.image_config)

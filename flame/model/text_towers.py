@@ -1,7 +1,7 @@
 """The text towers a FlameModel can hold, by text mode, behind one ``encode(texts, facet_set)``.
 
-``flame``: the frozen LLM (loaded lazily through ``flame.text``), its facet embeddings
-averaged and L2-normalised. ``clip``: the CLIP baseline's text transformer, trained with
+``flame``: the frozen LLM (loaded lazily through ``flame.text``), its facet hidden states
+pooled into one L2-normalised vector (``pool_facets``). ``clip``: the CLIP baseline's text transformer, trained with
 the image tower (``clip_text``; open_clip is imported only when it is built).
 """
 
@@ -12,6 +12,23 @@ import torch.nn.functional as F
 
 from flame.config import RAW_FACET_SET, TextConfig
 from flame.errors import FlameError
+
+
+MEAN_THEN_NORMALIZE = "mean_then_normalize"
+NORMALIZE_THEN_MEAN = "normalize_then_mean"
+
+
+def pool_facets(per_facet: torch.Tensor, pooling: str = MEAN_THEN_NORMALIZE) -> torch.Tensor:
+    """``[N, K, D]`` facet hidden states -> L2-normalised ``[N, D]``.
+
+    ``mean_then_normalize`` is the reference's evaluation (average the raw states, then
+    normalise); ``normalize_then_mean`` first puts every facet on the unit sphere, as the
+    stored training targets are."""
+    if pooling == MEAN_THEN_NORMALIZE:
+        return F.normalize(per_facet.mean(dim=1), dim=-1)
+    if pooling == NORMALIZE_THEN_MEAN:
+        return F.normalize(F.normalize(per_facet, dim=-1).mean(dim=1), dim=-1)
+    raise FlameError(f"unknown facet pooling {pooling!r}; known: {MEAN_THEN_NORMALIZE}, {NORMALIZE_THEN_MEAN}")
 
 
 class FrozenLLMText:
@@ -38,14 +55,13 @@ class FrozenLLMText:
         self._encoder = encoder
 
     @torch.no_grad()
-    def encode(self, texts: list[str], facet_set: str = RAW_FACET_SET) -> torch.Tensor:
+    def encode(self, texts: list[str], facet_set: str = RAW_FACET_SET, pooling: str = MEAN_THEN_NORMALIZE) -> torch.Tensor:
         if facet_set not in self.text_config["facet_sets"]:
             raise FlameError(
                 f"facet set {facet_set!r} unknown to this model; known: {sorted(self.text_config['facet_sets'])}"
             )
         per_facet = torch.as_tensor(self.encoder.encode(list(texts), facet_set)).float()  # [N, K, D]
-        # Each facet embedding is normalised (as stored for training) before averaging.
-        return F.normalize(F.normalize(per_facet, dim=-1).mean(dim=1), dim=-1)
+        return pool_facets(per_facet, pooling)
 
 
 def _clip_text(text_config: dict, fingerprint: str | None):

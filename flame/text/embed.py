@@ -93,13 +93,16 @@ def store_meta(encoder: TextEncoder, config: TextConfig) -> dict:
         "K": len(layout),
         "D": encoder.hidden_size,
         "layer": encoder.layer,
+        # What the LLM computed in (bf16 on a GPU, fp32 on a CPU without bf16...): recorded,
+        # not fingerprinted, so a store stays usable on a machine that would pick another.
+        "compute_dtype": encoder.dtype_name,
         "views": inputs["views"],
         "captions_per_sample": config.captions_per_sample,
         "layout": layout,
     }
 
 
-ENCODING_FIELDS = ("llm", "gguf_file", "revision", "layer", "dtype", "max_tokens", "facet_sets")
+ENCODING_FIELDS = ("llm", "gguf_file", "revision", "layer", "dtype", "max_tokens", "bos_token", "facet_sets")
 
 
 def check_encoder_matches(encoder: TextEncoder, config: TextConfig) -> None:
@@ -166,7 +169,8 @@ class ShardEmbedder:
 
     def embed(self, shard: InputShard) -> ShardResult:
         stats = {"samples_in": 0, "samples": 0, "skipped_empty": 0, "empty_captions": 0,
-                 "unique_captions": 0, "truncated": 0, "prompts": 0, "tokens": 0}
+                 "unique_captions": 0, "truncated": 0, "prompts": 0, "tokens": 0,
+                 "compute_dtype": self.encoder.dtype_name}
         keys: list[str] = []
         skipped: list[str] = []
         self.missing_field = 0

@@ -1,4 +1,4 @@
-"""The frozen-LLM caption encoder: PromptEOL facets in one facet-decoupled pass."""
+"""The frozen-LLM caption encoder: PromptEOL facets, their shared prefix computed once."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import torch
 
 from flame.config import ConfigError, FacetSet, TextConfig, load_config, profile_names
 from flame.errors import FlameError
-from flame.text.facet_attention import PromptTokens, length_batches, pack, packed_forward, separate_forward
-from flame.text.llm import LoadedLLM, load_llm
-from flame.text.prompts import NORMALISATION_VERSION, normalise_caption, split_prefix
+from flame.text.facet_attention import PromptTokens, facet_batch, length_batches, separate_forward, shared_prefix_forward
+from flame.text.llm import LoadedLLM, load_llm, truncated_decoder
+from flame.text.prompts import NORMALISATION_VERSION, normalise_caption, prompt_texts, split_on_bos, split_prefix
 from flame.text.store import fingerprint_of
 
-ENCODING_METHOD = "promptEOL-facet-decoupled-v1"
+# v2: the separator token between prefix and facets.
+ENCODING_METHOD = "promptEOL-facet-decoupled-v2"
 
 
 @dataclass
@@ -43,20 +44,28 @@ class TextEncoder:
                 f"text.layer={config.layer}: the model has hidden_states indices 0..{n_layers} (or -1..-{n_layers + 1})"
             )
         self.layer = layer
+        self.decoder = truncated_decoder(self.model, layer)
         self.hidden_size = int(self.model.config.hidden_size)
         self.pad_id = self._pad_id()
         self._bos = self._leading_special_ids()
+        self.separator_token, self.separator_ids = self._separator()
         self._cache: dict[str, tuple[list[int], list[int], list[list[int]]]] = {}
+        # The compute dtype is left out on purpose: a store embedded in bf16 on a GPU stays
+        # usable where fp32 is chosen for new text. The store records it instead.
         self.fingerprint_inputs = {
             "method": ENCODING_METHOD,
             "llm": loaded.source.identity,
             "layer": self.layer,
             "max_tokens": config.max_tokens,
-            "dtype": str(self.dtype).replace("torch.", ""),
+            "separator": {"token": self.separator_token, "ids": self.separator_ids},
             "normalisation": NORMALISATION_VERSION,
             "facet_sets": {k: v.model_dump() for k, v in sorted(config.facet_sets.items())},
         }
         self.fingerprint = fingerprint_of(self.fingerprint_inputs)
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).replace("torch.", "")
 
     @classmethod
     def from_config(cls, config: TextConfig, device: str | torch.device | None = None) -> "TextEncoder":
@@ -87,8 +96,32 @@ class TextEncoder:
                 return list(with_special[:start])
         return []
 
+    def _separator(self) -> tuple[str, list[int]]:
+        """What ``{bos}`` becomes: ``(token, [id])``, or ``("", [])`` when configured off."""
+        wanted = self.config.bos_token
+        if wanted == "":
+            return "", []
+        token = self.tokenizer.bos_token if wanted == "auto" else wanted
+        if not token:
+            raise ConfigError(
+                f"text.bos_token=auto: the tokenizer of {self.config.llm!r} has no BOS token; "
+                "set text.bos_token to one of its special tokens, or \"\" for no separator"
+            )
+        token_id = self.tokenizer.get_vocab().get(token)
+        if token_id is None:
+            raise ConfigError(f"text.bos_token={token!r} is not a token of the {self.config.llm!r} vocabulary")
+        return token, [int(token_id)]
+
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def _template_ids(self, text: str) -> list[int]:
+        """Template text with each ``{bos}`` as the separator token's id."""
+        pieces = split_on_bos(text)
+        ids = self._ids(pieces[0])
+        for piece in pieces[1:]:
+            ids += self.separator_ids + self._ids(piece)
+        return ids
 
     def facet_set(self, name: str) -> FacetSet:
         try:
@@ -96,20 +129,25 @@ class TextEncoder:
         except KeyError:
             raise FlameError(f"unknown facet set {name!r}; text.facet_sets has {sorted(self.config.facet_sets)}") from None
 
-    def _template_ids(self, name: str) -> tuple[list[int], list[int], list[list[int]]]:
+    def _facet_set_ids(self, name: str) -> tuple[list[int], list[int], list[list[int]]]:
+        """``(head, tail, facets)`` token ids of a facet set, tokenised once."""
         if name not in self._cache:
             fs = self.facet_set(name)
             head, tail = split_prefix(fs)
             facets = [self._ids(f) for f in fs.facets]
             if any(not f for f in facets):
                 raise ConfigError(f"text.facet_sets.{name}.facets: a facet suffix tokenises to nothing")
-            self._cache[name] = (self._bos + self._ids(head), self._ids(tail), facets)
+            self._cache[name] = (self._bos + self._ids(head), self._template_ids(tail), facets)
         return self._cache[name]
+
+    def prompt_texts(self, caption: str, facet_set: str) -> list[str]:
+        """The K prompt strings of a caption, ``{bos}`` shown as the separator token."""
+        return prompt_texts(caption, self.facet_set(facet_set), self.separator_token)
 
     def prompt_tokens(self, caption: str, facet_set: str) -> PromptTokens:
         """Token pieces for one caption, its caption part cut to fit ``text.max_tokens``
         (the limit applies to each prompt ``prefix + facet_i``)."""
-        head, tail, facets = self._template_ids(facet_set)
+        head, tail, facets = self._facet_set_ids(facet_set)
         text = normalise_caption(caption)
         if not text:
             raise ValueError(f"empty caption {caption!r} (nothing left after normalisation)")
@@ -146,11 +184,16 @@ class TextEncoder:
         stats = EncodeStats(captions=len(items), truncated=sum(i.truncated for i in items))
         # Longest first (memory peaks at once), rows of similar length together (little padding).
         size = batch_size or self.config.batch_size
-        for chunk in length_batches([i.packed_length for i in items], size):
-            batch = pack([items[i] for i in chunk], self.pad_id)
-            out[chunk] = packed_forward(self.model, batch, self.layer).float().cpu()
-            stats.tokens += sum(items[i].packed_length for i in chunk)
+        for chunk in length_batches([i.token_count for i in items], size):
+            out[chunk] = self._forward([items[i] for i in chunk]).float().cpu()
+            stats.tokens += sum(items[i].token_count for i in chunk)
         return out, stats
+
+    def _forward(self, items: list[PromptTokens]) -> torch.Tensor:
+        """``[B, K, D]`` for one batch; one prompt needs no shared prefix, just one pass."""
+        if len(items[0].facets) == 1:
+            return separate_forward(self.decoder, [item.separate_sequences()[0] for item in items], self.pad_id)[:, None]
+        return shared_prefix_forward(self.decoder, facet_batch(items, self.pad_id))
 
     def encode_separate(self, captions: list[str], facet_set: str, batch_size: int | None = None) -> torch.Tensor:
         """Reference path: each of the K prompts in its own ordinary causal pass. Same output as ``encode``."""
@@ -159,7 +202,7 @@ class TextEncoder:
         flat = torch.empty((len(seqs), self.hidden_size), dtype=torch.float32)
         size = batch_size or self.config.batch_size
         for chunk in length_batches([len(s) for s in seqs], size):
-            flat[chunk] = separate_forward(self.model, [seqs[i] for i in chunk], self.pad_id, self.layer).float().cpu()
+            flat[chunk] = separate_forward(self.decoder, [seqs[i] for i in chunk], self.pad_id).float().cpu()
         return flat.view(len(captions), k, self.hidden_size)
 
 

@@ -9,6 +9,7 @@ folder keyed by the file's sha256, and later loads read that folder.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.metadata
 import logging
@@ -230,3 +231,35 @@ def load_llm(
         raise FlameError(f"text.llm={llm!r}: cannot load the model ({exc})") from None
     model.to(device).eval().requires_grad_(False)
     return LoadedLLM(model, tokenizer, source, torch_dtype, device, time.perf_counter() - start, from_cache)
+
+
+def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer body without the LM head (whose vocab-sized output we never need)."""
+    body = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    return body if isinstance(body, torch.nn.Module) else model
+
+
+def truncated_decoder(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    """The decoder body run only up to ``hidden_states[layer]``: its ``last_hidden_state``
+    is that layer's output, and the blocks above it are never computed.
+
+    ``layer`` = the number of blocks (the last index) keeps the whole body with its final
+    norm, as transformers' ``hidden_states[-1]``. Below that, a view shares the first
+    ``layer`` blocks' weights with ``model`` (which stays whole) and skips the final norm.
+    """
+    body = decoder_of(model)
+    blocks = getattr(body, "layers", None)
+    if not isinstance(blocks, torch.nn.ModuleList) or not isinstance(getattr(body, "norm", None), torch.nn.Module):
+        raise FlameError(
+            f"{type(body).__name__}: expected decoder blocks in `.layers` and a final `.norm` "
+            "(the layout of Llama, Mistral, Qwen2 and most causal LMs in transformers)"
+        )
+    if not 0 <= layer <= len(blocks):
+        raise FlameError(f"layer {layer} is not in 0..{len(blocks)}")
+    if layer == len(blocks):
+        return body
+    view = copy.copy(body)
+    view._modules = dict(body._modules)
+    view._modules["layers"] = torch.nn.ModuleList(list(blocks)[:layer])
+    view._modules["norm"] = torch.nn.Identity()
+    return view
