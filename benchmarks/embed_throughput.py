@@ -162,6 +162,8 @@ def main() -> None:
                         help="captions per interleaved step (default: text.batch_size, so each step is one batch)")
     parser.add_argument("--op-profile", action="store_true", help="add the top operators of one long single pass")
     parser.add_argument("--batch-size", type=int, default=None, help="text.batch_size for every path (default: the profile's)")
+    parser.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default=None,
+                        help="text.dtype for every path (default: the profile's; auto picks bf16 only where it is fast)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 avoids spin-wait stalls on a busy shared CPU)")
@@ -174,6 +176,8 @@ def main() -> None:
     config = load_config(ROOT / "params.yaml", args.profile)
     if args.batch_size:
         config.text.batch_size = args.batch_size
+    if args.dtype:
+        config.text.dtype = args.dtype
     t = config.text
 
     def load(cache_dir):
