@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from evaluations.text_cache import TextEmbeddingCache
 from flame.config import RAW_FACET_SET
 from flame.data.images import read_image
+from flame.model.text_towers import MEAN_THEN_NORMALIZE
 
 
 @torch.inference_mode()
@@ -32,7 +33,7 @@ def embed_images(model, images: Sequence[str], batch_size: int = 64, desc: str =
 
 @torch.inference_mode()
 def embed_texts(model, texts: Sequence[str], facet_set: str = RAW_FACET_SET, batch_size: int = 64, desc: str = "embedding texts",
-                use_cache: bool = False, pooling: str = "mean_then_normalize") -> torch.Tensor:
+                use_cache: bool = False, pooling: str = MEAN_THEN_NORMALIZE) -> torch.Tensor:
     """``[N, D]`` float32 embeddings from ``model.encode_text`` (frozen LLM, the facet set's
     states pooled by ``pooling``), L2-normalised. Cached texts are not embedded again."""
     texts = list(texts)

@@ -16,12 +16,13 @@ from evaluations.tasks import TASK_JSON_NAMES
 from evaluations.templates import get_templates
 from flame.config import RAW_FACET_SET, EvalConfig
 from flame.errors import FlameError
+from flame.model.text_towers import MEAN_THEN_NORMALIZE
 
 
 @dataclass(frozen=True)
 class TextProtocol:
     facet_set: str = RAW_FACET_SET
-    pooling: str = "mean_then_normalize"
+    pooling: str = MEAN_THEN_NORMALIZE
     templates: str | None = None  # zero-shot class templates (a set of evaluations.templates)
 
     def template_strings(self) -> tuple[str, ...]:

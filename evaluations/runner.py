@@ -40,10 +40,9 @@ def describe_model(model) -> str:
     return f"flame[{image}|{text}]" if image else type(model).__name__
 
 
-def run_task(model, task: str, data, config: EvalConfig, image_emb: torch.Tensor | None = None,
-             protocol: TextProtocol | None = None) -> TaskOutput:
+def run_task(model, task: str, data, config: EvalConfig, protocol: TextProtocol,
+             image_emb: torch.Tensor | None = None) -> TaskOutput:
     bs, cache = config.batch_size, config.text_cache
-    protocol = protocol or text_protocol(config, task)
     if task in ("retrieval", "long_retrieval"):
         return evaluate_retrieval(model, data, protocol, bs, config.example_queries, image_emb, cache)
     if task == "multilingual_retrieval":
@@ -94,7 +93,7 @@ def evaluate_dataset(
         image_emb = _embed_images_once(model, data.images, config.batch_size, name, image_memo)
     elif limit:
         data = [ds.TextPairSet(p.name, p.queries[:limit], p.targets[:limit]) for p in data]
-    output = run_task(model, task, data, config, image_emb, protocol)
+    output = run_task(model, task, data, config, protocol, image_emb)
     result = {
         "dataset": name,
         "model": describe_model(model),

@@ -1,8 +1,9 @@
 """The text towers a FlameModel can hold, by text mode, behind one ``encode(texts, facet_set)``.
 
 ``flame``: the frozen LLM (loaded lazily through ``flame.text``), its facet hidden states
-pooled into one L2-normalised vector (``pool_facets``). ``clip``: the CLIP baseline's text transformer, trained with
-the image tower (``clip_text``; open_clip is imported only when it is built).
+pooled into one L2-normalised vector (``pool_facets``). ``clip``: the CLIP baseline's text
+transformer, trained with the image tower (``clip_text``; open_clip is imported only when
+it is built).
 """
 
 from __future__ import annotations
