@@ -1,283 +1,128 @@
-"""FLAME (frozen LLM text side) against the CLIP baseline (text tower trained from scratch).
+"""FLAME (frozen LLM text side) against the CLIP baseline (text tower trained from scratch), at full
+budget, and the data-efficiency curve.
 
-Both modes train the same image tower with the same loss, data, batch, epochs and
-seeds through the same commands (``flame train --profile <mode>``), and are scored by
-``flame evaluate`` on the Flickr8k dev split (retrieval, long-caption retrieval with
-the 5 captions joined, multilingual retrieval) and zero-shot on imagenet-200x5.
+Both modes train the same image tower with the same loss, data, batch, number of steps and seeds
+through the same commands (``flame train``), and are scored by ``flame evaluate``. The stages:
 
-Training data: every Flickr8k image of ../shared/data/flickr8k-866 outside the dev
-split (train + the few in no split), all 5 English captions each. Shards and caption
-embeddings are made once and reused by every seed. Every step is resumable: rerun
-the same command to continue.
+1. Data. Every Flickr8k image of ../shared/data/flickr8k-866 outside the dev split (762: train + the
+   few in no split), all 5 English captions each, downloaded once into shards of 128 images
+   (``flame download``); the frozen LLM embeds every caption once (``flame embed``: a store keyed by
+   the text encoder's fingerprint, filled shard by shard).
+2. The CLIP baseline's learning rate, picked on dev: one short CLIP run per candidate (--clip-lrs,
+   default half, equal to and twice the base profile's train.lr; --lr-search-epochs epochs, seed 0,
+   every training image), scored by flickr8k-dev-retrieval mean_recall@5; the best one trains every
+   CLIP seed. FLAME keeps the base profile's learning rate.
+3. The comparison: every training image, --epochs epochs of batch --batch-size, one run per mode and
+   seed (--seeds), scored on Flickr8k dev retrieval, long-caption retrieval (the 5 captions joined),
+   multilingual retrieval and ImageNet-200x5 zero-shot.
+4. The data-efficiency curve: dev mean R@5 against the number of training images (--sizes). A size
+   of N images trains on the first N/128 shards for as many steps as the full size (equal compute:
+   epochs = ceil(full-size steps / steps per epoch at that size)), with the --size-seeds, and is
+   scored on flickr8k-dev-retrieval only; the full size reuses the comparison's runs (every seed).
 
-Writes benchmarks/results/flame_vs_clip.{json,md} ({mode: {metric: {mean, std,
-values}}} plus the budget), two PNG plots (training curves, recall@k), and with
-``--tracking-uri`` logs them all to one MLflow run. Prints the JSON.
+Every run is a folder under --work named by what it trains (mode, images, epochs, lr, seed); a run
+whose training summary exists is not retrained, an evaluation whose result file exists is not
+redone, and the frozen LLM's benchmark text embeddings are shared through ``flame evaluate``'s text
+cache ($FLAME_CACHE/eval-text). Rerun the same command to continue after a stop; nothing finished
+is embedded or trained again. ``--aggregate-only`` writes the results from the completed runs.
+
+Writes, in --results: flame_vs_clip.{json,md} ({flame, clip: {metric: {mean, std, values}}, budget},
+the budget recording the learning-rate search), flame_vs_clip_{training,recall}.png,
+data_efficiency.json (one entry per mode, size and seed) and data_efficiency.png; with
+``--tracking-uri`` it logs them all to one MLflow run. Prints the comparison JSON.
+
+Cost of the defaults on 2 idle CPU cores, at FLAME's ~300 and CLIP's ~130 training images/s: every run
+makes 110 steps of 64 images (10 epochs of 11 full batches), so 3 + 3 comparison runs, 3 learning-rate
+runs of 33 steps and 2 x 2 smaller-size runs of 110+ steps train for roughly 8 minutes in all. The
+one-off embedding of 3,810 captions and the 31 evaluations (each a fresh process; the frozen LLM's
+benchmark texts are embedded once, then cached) come on top.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
+import shlex
 import sys
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flame.atomic import write_json, write_text  # noqa: E402
-from flame.config import read_params  # noqa: E402
+from benchmarks.data_efficiency import write_data_efficiency  # noqa: E402
+from benchmarks.flame_vs_clip_report import finish  # noqa: E402
+from benchmarks.flame_vs_clip_runs import (  # noqa: E402
+    BENCH_OVERRIDES,
+    DEV_BENCHMARK,
+    EVAL_LIMITS,
+    HEADLINE,
+    MODES,
+    SHARD_SIZE,
+    Run,
+    Runner,
+    Subset,
+    describe_search,
+    equal_compute_epochs,
+    flame_cli,  # noqa: F401 - re-exported: benchmarks/demo_sweep.py imports it from here
+    prepare_data,
+    search_clip_lr,
+)
 
 DATA = ROOT.parent / "shared" / "data"
-MODES = ("flame", "clip")
-# What both modes share on top of --base-profile, sized for 2 busy CPU cores: the same image tower
-# (ViT-Tiny width, 6 blocks, 64 px, 16x16 patches), one frozen-LLM prompt per caption (K = 5 positives
-# per image, the raw PromptEOL prompt), a small CLIP text tower (2 blocks of width 128, 48 tokens: every
-# Flickr8k caption fits) and one zero-shot template per class.
-BENCH_OVERRIDES = {
-    "image": {"img_size": 64, "patch_size": 16, "model_kwargs": {"depth": 6}},
-    "text": {"captions_per_sample": 5, "views": [{"field": "caption", "facet_set": "raw"}]},
-    "clip_text": {"width": 128, "heads": 4, "layers": 2, "context_length": 48},
-    "eval": {"templates": "single"},
-}
 BENCHMARKS = ("flickr8k-dev-retrieval", "flickr8k-dev-long", "flickr8k-dev-multilingual", "imagenet-200x5-zeroshot")
-# Images per benchmark (None: all), the same for both modes. The frozen LLM encodes every benchmark text once
-# (then cached); on 2 busy cores the ~1,800 Chinese, Arabic and Multi30k captions of all 113 dev images are
-# beyond this budget, so multilingual retrieval uses the first 20 dev images (100 zh, 60 ar captions).
-EVAL_LIMITS = {"flickr8k-dev-multilingual": 20}
-# Rows of the markdown table (all summary metrics are in the JSON).
-TABLE = [
-    ("flickr8k-dev-retrieval/mean_recall@1", "Flickr8k dev retrieval, mean R@1"),
-    ("flickr8k-dev-retrieval/mean_recall@5", "Flickr8k dev retrieval, mean R@5"),
-    ("flickr8k-dev-retrieval/mean_recall@10", "Flickr8k dev retrieval, mean R@10"),
-    ("flickr8k-dev-retrieval/image_retrieval_recall@5", "  text -> image R@5"),
-    ("flickr8k-dev-retrieval/text_retrieval_recall@5", "  image -> text R@5"),
-    ("flickr8k-dev-long/mean_recall@1", "long captions (5 joined), mean R@1"),
-    ("flickr8k-dev-long/mean_recall@5", "long captions (5 joined), mean R@5"),
-    ("flickr8k-dev-multilingual/mean_recall@1", "multilingual, mean R@1 over languages"),
-    ("flickr8k-dev-multilingual/zh_mean_recall@1", "  Chinese mean R@1"),
-    ("flickr8k-dev-multilingual/ar_mean_recall@1", "  Arabic mean R@1"),
-    ("flickr8k-dev-multilingual/de_mean_recall@1", "  German mean R@1"),
-    ("imagenet-200x5-zeroshot/acc1", "ImageNet-200x5 zero-shot top-1"),
-    ("imagenet-200x5-zeroshot/acc5", "ImageNet-200x5 zero-shot top-5"),
-]
+# Flags that define what is trained and measured: the budget's command line names those not at their default.
+BUDGET_FLAGS = ("data", "epochs", "batch_size", "warmup_steps", "workers", "seeds", "base_profile", "clip_lrs",
+                "lr_search_epochs", "sizes", "size_seeds", "limit")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--work", default=str(ROOT / "outputs" / "flame_vs_clip"),
-                   help="working folder for the manifest, shards, embeddings, checkpoints and evaluations")
+                   help="working folder for the manifest, shards, embeddings, run checkpoints and evaluations")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"),
-                   help="where flame_vs_clip.json/.md and the PNG plots are written")
+                   help="where flame_vs_clip.json/.md, data_efficiency.json and the PNG plots are written")
     p.add_argument("--data", default=str(DATA / "flickr8k-866"), help="the flickr8k-866 folder (manifest.jsonl + images/)")
-    p.add_argument("--seeds", default="0,1,2", help="comma list of training seeds (each mode trains once per seed)")
+    p.add_argument("--seeds", default="0,1,2",
+                   help="comma list of training seeds of the comparison (each mode trains once per seed)")
     p.add_argument("--modes", default="flame,clip",
                    help="modes to train and evaluate in this invocation (e.g. 'clip' while the embeddings are made "
-                   "elsewhere); the results files are written once both modes have every seed")
-    p.add_argument("--train-shards", type=int, default=None,
-                   help="train on the first N shards (256 images each) only, for a smaller budget (default: all)")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs of every run (the equal budget)")
+                   "elsewhere); the results files are written once both modes have run")
+    p.add_argument("--epochs", type=int, default=10,
+                   help="training epochs of the comparison on every training image; this sets the number of steps "
+                   "of every run of the comparison and of the data-efficiency curve (not of the lr search)")
     p.add_argument("--batch-size", type=int, default=64, help="global batch size of every run")
     p.add_argument("--warmup-steps", type=int, default=10, help="LR warm-up steps of every run")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers of every run")
-    p.add_argument("--base-profile", default="tiny", help="profile of params.yaml both modes extend (image tower, loss, LR)")
+    p.add_argument("--base-profile", default="tiny",
+                   help="profile of params.yaml both modes extend (image tower, loss, FLAME's learning rate)")
+    p.add_argument("--clip-lrs", default=None,
+                   help="comma list of candidate learning rates of the CLIP baseline, the best on dev trains every "
+                   "CLIP seed; one value skips the search (default: 0.5x, 1x and 2x the base profile's train.lr, "
+                   "i.e. 2.5e-4,5e-4,1e-3 for tiny)")
+    p.add_argument("--lr-search-epochs", type=int, default=3,
+                   help="epochs of each learning-rate search run (seed 0, every training image)")
+    p.add_argument("--sizes", default=f"{SHARD_SIZE},{3 * SHARD_SIZE},all",
+                   help=f"training-set sizes of the data-efficiency curve, in images (the first N/{SHARD_SIZE} "
+                   "shards, rounded up) or 'all'; the full size is the comparison's runs")
+    p.add_argument("--size-seeds", default="0",
+                   help="comma list of the seeds trained at the smaller sizes (the full size has every --seeds)")
     p.add_argument("--aggregate-only", action="store_true",
-                   help="train and evaluate nothing: write the results from the runs of --work that are complete")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of each benchmark (quick checks)")
+                   help="download, embed, train and evaluate nothing: write the results from the runs of --work "
+                   "that are complete (give the budget flags the runs were made with)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluate only the first N images of each benchmark (quick checks; their result files are "
+                   "kept apart from the full evaluations')")
     p.add_argument("--tracking-uri", default=None, help="also log the results and plots to this MLflow tracking URI")
-    return p.parse_args(argv)
+    return p
 
 
-def flame_cli(*args: str) -> None:
-    cmd = [sys.executable, "-m", "flame", *args]
-    print("+ flame " + " ".join(args), file=sys.stderr, flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env)
-    if done.returncode:
-        raise SystemExit(f"command failed ({done.returncode}): {' '.join(cmd)}")
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
-def write_train_manifest(data: Path, out: Path) -> int:
-    """Every non-dev image, its 5 English captions; image paths made absolute."""
-    rows = []
-    for line in (data / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if row.get("flickr8k_split") == "dev":
-            continue
-        rows.append({"url": str((data / row["image"]).resolve()), "caption": row["en"][0], "captions": row["en"]})
-    write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return len(rows)
-
-
-def write_params(work: Path, args, seeds: list[int]) -> Path:
-    """params.yaml with one profile per (mode, seed): the base profile + the equal training budget."""
-    params = read_params(ROOT / "params.yaml")
-    budget = {"epochs": args.epochs, "batch_size": args.batch_size, "warmup_steps": args.warmup_steps,
-              "workers": args.workers}
-    params["profiles"]["bench"] = {"extends": args.base_profile, **BENCH_OVERRIDES}
-    for mode in MODES:
-        for seed in seeds:
-            params["profiles"][f"{mode}-s{seed}"] = {
-                "extends": "bench", "text": {"mode": mode}, "train": {**budget, "seed": seed}}
-    path = work / f"params-s{'-'.join(map(str, seeds))}.yaml"  # one per seed list: invocations may run side by side
-    write_text(path, yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
-    return path
-
-
-def train_shards(work: Path, count: int | None) -> Path:
-    """The downloaded shard folder, or a folder linking its first ``count`` shards."""
-    if count is None:
-        return work / "shards"
-    subset = work / f"shards-first{count}"
-    subset.mkdir(exist_ok=True)
-    for tar in sorted((work / "shards").glob("*.tar"))[:count]:
-        for member in (tar, tar.with_suffix(".parquet"), tar.with_name(tar.stem + "_stats.json")):
-            link = subset / member.name
-            if not link.exists():
-                link.symlink_to(member.resolve())
-    return subset
-
-
-def run_mode(mode: str, seed: int, work: Path, shards: Path, params: Path, store: Path, args) -> dict:
-    run = work / "runs" / f"{mode}-s{seed}"
-    common = ["--config", str(params), "--profile", f"{mode}-s{seed}"]
-    summary_file = run / "train_summary.json"
-    done = summary_file.exists() and json.loads(summary_file.read_text())["epochs"] >= args.epochs
-    if not done:
-        train = ["train", *common, "--shards", str(shards), "--out", str(run), "--resume"]
-        if mode == "flame":
-            train += ["--embeddings", str(store)]
-        started = time.perf_counter()
-        flame_cli(*train)
-        write_json(run / "wall_time.json", {"train_seconds": time.perf_counter() - started})
-    for bench in BENCHMARKS:
-        result = run / f"eval-{bench}.json"
-        if not result.exists():
-            evaluate = ["evaluate", *common, "--checkpoint", str(run), "--out", str(result), "--benchmark", bench,
-                        "--no-plots"]
-            limit = args.limit or EVAL_LIMITS.get(bench)
-            if limit:
-                evaluate += ["--limit", str(limit)]
-            flame_cli(*evaluate)
-    return {"seed": seed, "summary": read_summary(run), "train": json.loads(summary_file.read_text()),
-            "curve": read_curve(run / "metrics.jsonl")}
-
-
-def read_summary(run: Path) -> dict:
-    summary = {}
-    for bench in BENCHMARKS:
-        summary.update(json.loads((run / f"eval-{bench}.json").read_text())["summary"])
-    return summary
-
-
-def read_curve(path: Path) -> list[tuple[int, float]]:
-    curve = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        metrics = rec.get("metrics", rec)
-        if "train/loss" in metrics:
-            curve.append((int(rec.get("step", 0)), float(metrics["train/loss"])))
-    return curve
-
-
-def aggregate(runs: dict[str, list[dict]]) -> dict:
-    out = {}
-    for mode, mode_runs in runs.items():
-        keys = sorted(set.intersection(*(set(r["summary"]) for r in mode_runs)))
-        out[mode] = {}
-        for key in keys:
-            values = [float(r["summary"][key]) for r in mode_runs]
-            out[mode][key] = {"mean": statistics.fmean(values),
-                              "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
-        for key in ("images_per_sec", "last_loss"):
-            values = [float(r["train"][key]) for r in mode_runs]
-            out[mode][f"train/{key}"] = {"mean": statistics.fmean(values),
-                                         "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
-    return out
-
-
-def markdown(results: dict, budget: dict) -> str:
-    lines = [
-        "# FLAME vs CLIP baseline (Flickr8k, equal budgets)", "",
-        f"Budget: {budget['description']}", "",
-        "| metric | FLAME (frozen LLM) | CLIP (text tower from scratch) | FLAME - CLIP | chance |",
-        "|---|---|---|---|---|",
-    ]
-    for key, label in TABLE:
-        if key not in results["flame"] or key not in results["clip"]:
-            continue
-        f, c = results["flame"][key], results["clip"][key]
-        bench, metric = key.split("/", 1)
-        chance = results["flame"].get(f"{bench}/chance_{metric}", {}).get("mean")
-        lines.append(f"| {label} (`{key}`) | {f['mean']:.4f} ± {f['std']:.4f} | {c['mean']:.4f} ± {c['std']:.4f} | "
-                     f"{f['mean'] - c['mean']:+.4f} | {'' if chance is None else f'{chance:.4f}'} |")
-    for key, label in (("train/images_per_sec", "training images/s"), ("train/last_loss", "final training loss")):
-        f, c = results["flame"][key], results["clip"][key]
-        lines.append(f"| {label} | {f['mean']:.1f} ± {f['std']:.1f} | {c['mean']:.1f} ± {c['std']:.1f} | | |")
-    lines += ["", "Mean ± sample standard deviation over the seeds; per-seed values are in flame_vs_clip.json.", ""]
-    return "\n".join(lines)
-
-
-def plot(runs: dict[str, list[dict]], results: dict, out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"flame": "tab:red", "clip": "tab:blue"}
-    curves = out_dir / "flame_vs_clip_training.png"
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for mode, mode_runs in runs.items():
-        for i, run in enumerate(mode_runs):
-            steps, losses = zip(*run["curve"]) if run["curve"] else ((), ())
-            ax.plot(steps, losses, color=colors[mode], alpha=0.8, lw=1, label=mode if i == 0 else None)
-    ax.set(xlabel="step", ylabel="training loss (multi-positive sigmoid)", title="Training curves, one line per seed")
-    ax.set_yscale("log")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(curves, dpi=120)
-    plt.close(fig)
-
-    recall = out_dir / "flame_vs_clip_recall.png"
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharey=False)
-    for ax, bench in zip(axes, ("flickr8k-dev-retrieval", "flickr8k-dev-long", "flickr8k-dev-multilingual")):
-        ks = [k for k in (1, 5, 10) if f"{bench}/mean_recall@{k}" in results["flame"]]
-        for mode in MODES:
-            means = [results[mode][f"{bench}/mean_recall@{k}"]["mean"] for k in ks]
-            stds = [results[mode][f"{bench}/mean_recall@{k}"]["std"] for k in ks]
-            ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, color=colors[mode], label=mode)
-        chance = [results["flame"].get(f"{bench}/chance_mean_recall@{k}", {}).get("mean") for k in ks]
-        if all(c is not None for c in chance):
-            ax.plot(ks, chance, ls=":", color="gray", label="chance")
-        ax.set(title=bench, xlabel="k", ylabel="mean recall@k", xticks=ks)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(recall, dpi=120)
-    plt.close(fig)
-    return [curves, recall]
-
-
-def log_to_mlflow(uri: str, results: dict, budget: dict, files: list[Path]) -> str:
-    import mlflow
-
-    from flame.mlflow.store import check_tracking_uri, metric_name, using_tracking_uri
-
-    check_tracking_uri(uri)
-    with using_tracking_uri(uri):
-        mlflow.set_experiment("flame-vs-clip")
-        with mlflow.start_run(run_name="flame-vs-clip") as run:
-            mlflow.log_params({k: v for k, v in budget.items() if k != "description"})
-            for mode, metrics in results.items():
-                mlflow.log_metrics({metric_name(f"{mode}/{k}/mean"): v["mean"] for k, v in metrics.items()})
-            for path in files:
-                mlflow.log_artifact(str(path))
-            return run.info.run_id
+def int_list(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()]
 
 
 def main(argv=None) -> dict:
@@ -285,82 +130,108 @@ def main(argv=None) -> dict:
     work, results_dir = Path(args.work), Path(args.results)
     work.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     started = time.perf_counter()
+    runner = Runner(args, work, execute=not args.aggregate_only)
+    modes = list(MODES) if args.aggregate_only else [m.strip() for m in args.modes.split(",") if m.strip()]
 
-    if args.aggregate_only:
-        return finish(args, work, results_dir, seeds, completed_runs(work, seeds), embed_seconds=None, started=started)
-    write_train_manifest(Path(args.data), work / "train.jsonl")
-    params = write_params(work, args, seeds)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    flame_cli("download", "--config", str(params), "--profile", "bench",
-              "--manifest", str(work / "train.jsonl"), "--out", str(work / "shards"))
-    shards = train_shards(work, args.train_shards)
-    t0 = time.perf_counter()
-    if "flame" in modes:
-        flame_cli("embed", "--config", str(params), "--profile", "bench",
-                  "--input", str(shards), "--out", str(work / "embeddings"))
-    embed_seconds = time.perf_counter() - t0
-    store = work / "embeddings"
+    sets, embed_seconds = prepare_data(runner, args, modes)
+    full = sets[-1]
+    lr_search = search_clip_lr(runner, full, args) if "clip" in modes else None
+    lrs = {"flame": runner.base_lr, "clip": lr_search and lr_search["chosen"]}
 
-    runs = {mode: [] for mode in MODES}
-    for seed in seeds:  # paired by seed, so a stopped benchmark still has comparable runs
+    compare: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    for seed in int_list(args.seeds):  # paired by seed, so a stopped benchmark still has comparable runs
         for mode in modes:
-            runs[mode].append(run_mode(mode, seed, work, shards, params, store, args))
+            record = runner.obtain(Run(mode, seed, args.epochs, lrs[mode], full, BENCHMARKS), "comparison")
+            if record:
+                compare[mode].append(record)
+
+    full_steps = args.epochs * full.steps_per_epoch
+    smaller: list[dict] = []
+    for subset in sets[:-1]:
+        epochs = equal_compute_epochs(full_steps, subset.steps_per_epoch)
+        for seed in int_list(args.size_seeds):
+            for mode in modes:
+                record = runner.obtain(Run(mode, seed, epochs, lrs[mode], subset, (DEV_BENCHMARK,)),
+                                       f"data efficiency, {subset.images} images")
+                if record:
+                    smaller.append(record)
+
     if set(modes) != set(MODES):
-        print(json.dumps({m: [r["summary"] for r in rs] for m, rs in runs.items()}, sort_keys=True))
+        print(json.dumps({m: [r["summary"] for r in rs] for m, rs in compare.items()}, sort_keys=True))
         return {}
-    return finish(args, work, results_dir, seeds, runs, embed_seconds, started)
-
-
-def completed_runs(work: Path, seeds: list[int]) -> dict[str, list[dict]]:
-    """The runs of ``work`` that finished training and evaluation, per mode."""
-    runs = {mode: [] for mode in MODES}
-    for mode in MODES:
-        for seed in seeds:
-            run = work / "runs" / f"{mode}-s{seed}"
-            if all((run / f"eval-{b}.json").exists() for b in BENCHMARKS) and (run / "train_summary.json").exists():
-                runs[mode].append({"seed": seed, "summary": read_summary(run),
-                                   "train": json.loads((run / "train_summary.json").read_text()),
-                                   "curve": read_curve(run / "metrics.jsonl")})
-    missing = [m for m, rs in runs.items() if not rs]
+    missing = [m for m, rs in compare.items() if not rs]
     if missing:
-        raise SystemExit(f"no complete run of mode(s) {missing} in {work / 'runs'}")
-    return runs
+        raise SystemExit(f"no complete comparison run of mode(s) {missing} in {work / 'runs'}")
+    budget = {**comparison_budget(args, compare, lr_search, lrs, embed_seconds, started), "loss": runner.loss}
+    write_data_efficiency([r for rs in compare.values() for r in rs] + smaller,
+                          curve_budget(args, budget, sets, full_steps), results_dir)
+    return finish(args, results_dir, compare, budget)
 
 
-def finish(args, work: Path, results_dir: Path, seeds: list[int], runs: dict, embed_seconds, started) -> dict:
-    seeds = {mode: [r.get("seed", s) for r, s in zip(rs, seeds)] for mode, rs in runs.items()}
+# ---------------------------------------------------------------------------------------------- budget
+
+
+def budget_command(args) -> str:
+    """The command line that reproduces the runs: the budget flags that differ from their defaults."""
+    parser, flags = build_parser(), ["python", "benchmarks/flame_vs_clip.py"]
+    for dest in BUDGET_FLAGS:
+        value = getattr(args, dest)
+        if value != parser.get_default(dest):
+            flags += [f"--{dest.replace('_', '-')}", str(value)]
+    return shlex.join(flags)
+
+
+def comparison_budget(args, runs: dict[str, list[dict]], lr_search: dict, lrs: dict, embed_seconds, started) -> dict:
     first = runs["flame"][0]["train"]
     steps, images, epochs, batch = first["steps"], first["samples"], first["epochs"], first["batch_size"]
-    trained = {(r["train"]["steps"], r["train"]["samples"], r["train"]["batch_size"]) for rs in runs.values() for r in rs}
+    trained = {(r["train"]["steps"], r["train"]["samples"], r["train"]["batch_size"])
+               for rs in runs.values() for r in rs}
     if len(trained) != 1:
         raise SystemExit(f"the runs do not share one budget (steps, samples, batch): {sorted(trained)}")
+    seeds = {mode: [r["seed"] for r in rs] for mode, rs in runs.items()}
     budget = {
         "train_images": images, "captions_per_image": 5, "epochs": epochs, "batch_size": batch,
         "steps": steps, "seeds": seeds, "base_profile": args.base_profile, "warmup_steps": args.warmup_steps,
-        "device": runs["flame"][0]["train"]["device"], "precision": runs["flame"][0]["train"]["precision"],
+        "lr": lrs, "clip_lr_search": lr_search,
+        "device": first["device"], "precision": first["precision"],
         "embed_seconds_this_invocation": None if embed_seconds is None else round(embed_seconds, 1),
         "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
-        "eval_limits": EVAL_LIMITS,
+        "eval_limits": {b: args.limit for b in BENCHMARKS} if args.limit else EVAL_LIMITS,
+        "command": budget_command(args),
     }
     budget["description"] = (
         f"{images} Flickr8k training images x 5 captions, {epochs} epochs = {steps} steps of batch "
-        f"{batch} per run (warm-up {args.warmup_steps}), profile {args.base_profile!r} + {json.dumps(BENCH_OVERRIDES)} (both modes), seeds {seeds}, "
-        f"{budget['precision']} on {budget['device']}. Command: `python benchmarks/flame_vs_clip.py "
-        f"--epochs {epochs} --batch-size {batch} --warmup-steps {args.warmup_steps} --seeds {args.seeds}"
-        f"{'' if args.train_shards is None else f' --train-shards {args.train_shards}'}`. "
-        f"Evaluation: all images of each benchmark except {EVAL_LIMITS} (first N images)."
+        f"{batch} per run (warm-up {args.warmup_steps}), profile {args.base_profile!r} + {json.dumps(BENCH_OVERRIDES)} "
+        f"(both modes), seeds {seeds}, {budget['precision']} on {budget['device']}. Learning rate: FLAME "
+        f"{lrs['flame']:g} (the profile's); CLIP {lrs['clip']:g}, {describe_search(lr_search)}. "
+        f"Command: `{budget['command']}`. Evaluation: all images of each benchmark except "
+        f"{budget['eval_limits']} (first N images)."
     )
-    results = aggregate(runs)
-    payload = {**results, "budget": budget}
-    write_json(results_dir / "flame_vs_clip.json", payload)
-    write_text(results_dir / "flame_vs_clip.md", markdown(results, budget))
-    files = [results_dir / "flame_vs_clip.json", results_dir / "flame_vs_clip.md", *plot(runs, results, results_dir)]
-    if args.tracking_uri:
-        payload["mlflow_run_id"] = log_to_mlflow(args.tracking_uri, results, budget, files)
-    print(json.dumps(payload, sort_keys=True))
-    return payload
+    return budget
+
+
+def curve_budget(args, budget: dict, sets: list[Subset], full_steps: int) -> dict:
+    sizes = []
+    for s in sets:
+        epochs = args.epochs if s.full else equal_compute_epochs(full_steps, s.steps_per_epoch)
+        sizes.append({"train_images": s.images, "shards": s.shards.name, "steps_per_epoch": s.steps_per_epoch,
+                      "epochs": epochs, "steps": epochs * s.steps_per_epoch})
+    out = {
+        "sizes": sizes, "full_size_steps": full_steps, "batch_size": args.batch_size, "shard_size": SHARD_SIZE,
+        "seeds_full_size": budget["seeds"], "seeds_smaller_sizes": int_list(args.size_seeds), "lr": budget["lr"],
+        "metric": HEADLINE, "command": budget["command"],
+    }
+    out["description"] = (
+        f"Equal compute: every size trains for (at least) the full size's {full_steps} steps of batch "
+        f"{args.batch_size}, epochs = ceil({full_steps} / steps per epoch at that size) ("
+        + ", ".join(f"{s['train_images']} images: {s['epochs']} epochs = {s['steps']} steps" for s in sizes)
+        + f"); a size of N images is the first N/{SHARD_SIZE} shards of the {budget['train_images']} training "
+        f"images. The full size is the comparison's runs (seeds {budget['seeds']}); the smaller sizes have seeds "
+        f"{out['seeds_smaller_sizes']} and are scored on {DEV_BENCHMARK} only. Same profile, learning rates "
+        f"({budget['lr']}) and warm-up as the comparison."
+    )
+    return out
 
 
 if __name__ == "__main__":

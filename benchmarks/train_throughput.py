@@ -1,9 +1,9 @@
 """Training throughput of this loop against open_clip's own training step, on this CPU.
 
-Same ViT (the tiny profile's: ViT-Tiny, patch 8, at image.img_size), same batch, same
+Same ViT (the tiny profile's: ViT-Tiny at its depth, patch and image.img_size), same batch, same
 precision. open_clip trains its CLIP model (ViT + text transformer) with ClipLoss;
 FLAME trains the ViT + projector against precomputed text embeddings (random,
-L2-normalised, the LLM's width) with its multi-positive sigmoid loss.
+L2-normalised, the LLM's width) with its configured multi-positive loss.
 
 Measured in one run, interleaved in rounds to share the machine's load fairly:
 - ``flame_step``: this loop's TrainStep on ready batches (step-only);
@@ -93,7 +93,7 @@ def open_clip_step_runner(config, precision: str, batch: int, captions: list[str
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
     torch.manual_seed(0)
-    vit = {"width": 192, "layers": 12, "head_width": 64, "mlp_ratio": 4.0,
+    vit = {"width": 192, "layers": config.image.model_kwargs.get("depth", 12), "head_width": 64, "mlp_ratio": 4.0,
            "patch_size": config.image.patch_size, "image_size": config.image.img_size}
     text = config.clip_text
     model = open_clip.CLIP(

@@ -1,7 +1,8 @@
 """Embedding evaluation images and texts with a model, in batches, with progress bars.
 
 The model is anything with ``preprocess(PIL) -> [3,H,W]``, ``encode_image([B,3,H,W]) -> [B,D]``
-and ``encode_text(texts, facet_set, pooling) -> [N,D]`` (a ``flame.model.FlameModel``).
+(and for the linear probe ``encode_image_backbone([B,3,H,W]) -> [B,width]``) and
+``encode_text(texts, facet_set, pooling) -> [N,D]`` (a ``flame.model.FlameModel``).
 Text embeddings are cached on disk by the model's ``text_fingerprint`` (see ``text_cache``).
 """
 
@@ -18,14 +19,33 @@ from flame.data.images import read_image
 from flame.model.text_towers import MEAN_THEN_NORMALIZE
 
 
+# Which image features a task scores: the image-text embedding (``encode_image``), or the
+# image tower's pooled features before the projector (``encode_image_backbone``), which the
+# reference's linear probe uses.
+EMBEDDING = "embedding"
+BACKBONE = "backbone"
+
+
+def image_encoder(model, features: str = EMBEDDING):
+    """The model's method that gives ``features`` (``EMBEDDING`` or ``BACKBONE``)."""
+    if features == EMBEDDING:
+        return model.encode_image
+    if features == BACKBONE:
+        return model.encode_image_backbone
+    raise ValueError(f"unknown image features {features!r}; known: {EMBEDDING}, {BACKBONE}")
+
+
 @torch.inference_mode()
-def embed_images(model, images: Sequence[str], batch_size: int = 64, desc: str = "embedding images") -> torch.Tensor:
-    """``[N, D]`` float32 embeddings from ``model.preprocess`` + ``model.encode_image``, L2-normalised."""
+def embed_images(model, images: Sequence[str], batch_size: int = 64, desc: str = "embedding images",
+                 features: str = EMBEDDING) -> torch.Tensor:
+    """``[N, D]`` float32 ``features`` of the images (``model.preprocess`` + the encoder of
+    ``features``, see ``image_encoder``), L2-normalised."""
+    encode = image_encoder(model, features)
     chunks = []
     with tqdm(total=len(images), desc=desc, unit="img") as bar:
         for start in range(0, len(images), batch_size):
             batch = [model.preprocess(read_image(ref)) for ref in images[start:start + batch_size]]
-            emb = model.encode_image(torch.stack(batch))
+            emb = encode(torch.stack(batch))
             chunks.append(torch.nn.functional.normalize(emb.float(), dim=-1))
             bar.update(len(batch))
     return torch.cat(chunks)

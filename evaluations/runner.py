@@ -15,12 +15,13 @@ from typing import Iterable
 import torch
 
 from evaluations import datasets as ds
-from evaluations.embedding import embed_images
+from evaluations.embedding import EMBEDDING, embed_images
 from evaluations.image_checks import check_images
 from evaluations.plots import metric_bars, retrieval_grid
 from evaluations.benchmarks import BENCHMARKS, get_benchmark
 from evaluations.protocol import TextProtocol, text_protocol
 from evaluations.tasks import MANIFEST_TASKS, TASK_JSON_NAMES, TaskOutput
+from evaluations.tasks.linear_probe import IMAGE_FEATURES as LINEAR_PROBE_FEATURES
 from evaluations.tasks.linear_probe import evaluate_linear_probe
 from evaluations.tasks.multilingual_retrieval import evaluate_multilingual
 from evaluations.tasks.retrieval import evaluate_retrieval
@@ -32,6 +33,8 @@ from flame.errors import FlameError
 log = logging.getLogger(__name__)
 
 IMAGE_TASKS = set(MANIFEST_TASKS)
+# The image features a task scores when not the image-text embedding (see evaluations.embedding).
+IMAGE_FEATURES = {"linear_probe": LINEAR_PROBE_FEATURES}
 
 
 def describe_model(model) -> str:
@@ -68,14 +71,15 @@ def evaluate_dataset(
     limit: int | None = None,
     pretrained: str = "",
     plot_prefix: str = "",
-    image_memo: dict[str, torch.Tensor] | None = None,
+    image_memo: dict[tuple[str, str], torch.Tensor] | None = None,
     benchmark: str | None = None,
 ) -> dict:
     """Check images, score ``data`` with ``task``, draw plots into ``out_dir``; one result dict.
 
-    ``image_memo`` (image path -> embedding) lets several benchmarks over the same images
-    in one run embed each image once. ``benchmark``: the registered benchmark this is, whose
-    own entry in ``eval.text_protocols`` (if any) overrides the task's.
+    ``image_memo`` ((features, image path) -> embedding) lets several benchmarks over the
+    same images in one run embed each image once per kind of features. ``benchmark``: the
+    registered benchmark this is, whose own entry in ``eval.text_protocols`` (if any)
+    overrides the task's.
     """
     config = config or EvalConfig()
     protocol = text_protocol(config, task, benchmark)
@@ -90,7 +94,8 @@ def evaluate_dataset(
             data = data.subset(check.ok)
         details["skipped_images"] = len(check.failed)
         details["skipped_image_examples"] = [f"{ref}: {why}" for ref, why in check.failed[:20]]
-        image_emb = _embed_images_once(model, data.images, config.batch_size, name, image_memo)
+        features = IMAGE_FEATURES.get(task, EMBEDDING)
+        image_emb = _embed_images_once(model, data.images, config.batch_size, name, image_memo, features)
     elif limit:
         data = [ds.TextPairSet(p.name, p.queries[:limit], p.targets[:limit]) for p in data]
     output = run_task(model, task, data, config, protocol, image_emb)
@@ -109,13 +114,14 @@ def evaluate_dataset(
     return result
 
 
-def _embed_images_once(model, images: list[str], batch_size: int, name: str, memo: dict | None) -> torch.Tensor:
+def _embed_images_once(model, images: list[str], batch_size: int, name: str, memo: dict | None,
+                       features: str = EMBEDDING) -> torch.Tensor:
     memo = {} if memo is None else memo
-    todo = list(dict.fromkeys(p for p in images if p not in memo))
+    todo = list(dict.fromkeys(p for p in images if (features, p) not in memo))
     if todo:
-        for path, row in zip(todo, embed_images(model, todo, batch_size, desc=f"{name}: images")):
-            memo[path] = row
-    return torch.stack([memo[p] for p in images])
+        for path, row in zip(todo, embed_images(model, todo, batch_size, desc=f"{name}: images", features=features)):
+            memo[features, path] = row
+    return torch.stack([memo[features, p] for p in images])
 
 
 def _plots(output: TaskOutput, name: str, out_dir: Path, prefix: str) -> list[str]:

@@ -120,7 +120,8 @@ class ImageConfig(_Section):
     img_size: int = Field(64, ge=16)
     patch_size: int | None = 8
     pretrained: bool = False
-    projector_hidden: int | None = None
+    # Hidden width of the image token projector; null: the LLM's hidden size.
+    projector_hidden: int | None = Field(None, ge=1)
     # Extra timm constructor arguments, e.g. {depth: 2} for a very small test model.
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -145,6 +146,18 @@ class DataConfig(_Section):
     caption_col: str = "caption"
 
 
+# The reference's initial (logit scale, logit bias) per loss (src/training/main.py):
+# SigLIP's 10 and -10 for the sigmoid loss, CLIP's 1/0.07 for InfoNCE, where a bias
+# cancels in the softmax (0 here, and it is not trained). Kept here, not in
+# flame.losses, so that importing the configuration does not import torch.
+REFERENCE_LOGIT_INIT: dict[str, tuple[float, float]] = {"sigmoid": (10.0, -10.0), "infonce": (1 / 0.07, 0.0)}
+
+
+def reference_logit_init(loss: str) -> tuple[float, float]:
+    """The reference's initial (logit scale, logit bias) for ``loss`` (a train.loss name)."""
+    return REFERENCE_LOGIT_INIT[loss]
+
+
 class TrainConfig(_Section):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -156,12 +169,17 @@ class TrainConfig(_Section):
     min_lr: float = Field(0.0, ge=0)
     loss: Literal["sigmoid", "infonce"] = "sigmoid"
     positives_per_image: int = Field(2, ge=1)
-    logit_scale_init: float = 10.0
-    logit_bias_init: float = -10.0
+    # null: the loss's reference value (see REFERENCE_LOGIT_INIT), filled in on validation.
+    logit_scale_init: float | None = Field(None, gt=0)
+    logit_bias_init: float | None = None
     max_logit_scale: float = 100.0
     precision: Literal["bf16", "fp32", "auto"] = "auto"
     grad_checkpointing: bool = False
-    grad_clip: float | None = 1.0
+    # The attention kernel of the training forward: "auto" = the plain (math) kernel on a CPU,
+    # where PyTorch's fused one is slower for short sequences; PyTorch's own pick elsewhere.
+    attention: Literal["auto", "math", "default"] = "auto"
+    # Max global gradient norm; null: no clipping (the reference's default).
+    grad_clip: float | None = None
     seed: int = 0
     workers: int = Field(1, ge=0)
     missing_embeddings: Literal["error", "skip"] = "error"
@@ -169,6 +187,15 @@ class TrainConfig(_Section):
     log_every_steps: int = Field(10, ge=1)
     crop_scale: tuple[float, float] = (0.9, 1.0)
     shuffle_buffer: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _logit_init_defaults_to_the_loss_reference(self) -> "TrainConfig":
+        scale, bias = reference_logit_init(self.loss)
+        if self.logit_scale_init is None:
+            self.logit_scale_init = scale
+        if self.logit_bias_init is None:
+            self.logit_bias_init = bias
+        return self
 
 
 def _paper_text_protocols() -> dict[str, str]:

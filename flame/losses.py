@@ -1,11 +1,17 @@
 """Multi-positive contrastive losses between images and precomputed text embeddings.
 
-Every image has ``m`` positive texts (its caption's facet embeddings). With
-torch.distributed initialised, text (and for InfoNCE image) features are gathered
-from all ranks with a gradient-correct all_gather, so each rank's loss covers its
-local images against the global batch. Each rank's loss is normalised by its local
-batch size; DDP's gradient averaging then gives exactly the single-process gradient
-of the global batch.
+Every image has ``m`` positive texts (its caption's facet embeddings), laid out
+image-major: text ``j`` of image ``i`` is ``text_features[i, j]``. Both losses follow
+the FLAME reference (``MultiPositiveSigmoidLoss``, ``MultiPositiveNCELoss``), including
+how they are normalised.
+
+With torch.distributed initialised, text (and for InfoNCE image) features are gathered
+from all ranks with a gradient-correct all_gather, so each rank's loss covers its local
+images (rows) against the global batch (columns). Each rank divides by its local row
+count, and the global batch has ``world_size`` times as many rows, so the mean of the
+ranks' losses is the single-process loss of the global batch, and DDP's gradient
+averaging gives exactly its gradient. For the sigmoid loss this is also the reference's
+per-rank value: its local texts against all texts, divided by the local text count.
 """
 
 from __future__ import annotations
@@ -32,7 +38,14 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
     with warnings.catch_warnings():  # its suggested replacement is a private module
         warnings.simplefilter("ignore", FutureWarning)
-        return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)
+        parts = dist_fn.all_gather(x.contiguous())
+    if x.requires_grad:
+        for part in parts:
+            # Its backward sends the incoming gradients into buffers made by empty_like, which
+            # keeps a non-contiguous gradient's strides (einsum's are), and the collective then
+            # fills them as if contiguous: a scrambled gradient. Hand it contiguous ones.
+            part.register_hook(torch.Tensor.contiguous)
+    return torch.cat(parts, dim=0)
 
 
 def multi_positive_sigmoid_loss(
@@ -45,17 +58,17 @@ def multi_positive_sigmoid_loss(
 
     image_features ``[B, D]``; text_features ``[B, m, D]`` (the m positives of each
     local image); logit_scale is log(scale). Pairs of an image with its own m texts are
-    labelled +1, all others -1. Returns sum over pairs / local B.
+    labelled +1, all others -1. Returns the sum over pairs / the local text count B*m.
     """
     b, m, d = text_features.shape
     rank, _ = _world()
-    all_texts = gather_with_grad(text_features.reshape(b * m, d))  # [R*B*m, D]
+    all_texts = gather_with_grad(text_features.reshape(b * m, d))  # [R*B*m, D], image-major
     logits = image_features.float() @ all_texts.float().T * logit_scale.exp() + logit_bias
     labels = -torch.ones_like(logits)
     rows = torch.arange(b, device=logits.device).repeat_interleave(m)
-    cols = rank * b * m + torch.arange(b * m, device=logits.device)
+    cols = rank * b * m + torch.arange(b * m, device=logits.device)  # this rank's own texts
     labels[rows, cols] = 1.0
-    return -F.logsigmoid(labels * logits).sum() / b
+    return -F.logsigmoid(labels * logits).sum() / (b * m)
 
 
 def multi_positive_infonce_loss(
@@ -64,30 +77,28 @@ def multi_positive_infonce_loss(
     logit_scale: torch.Tensor,
     logit_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Symmetric InfoNCE with m positives per image.
+    """Symmetric InfoNCE with m positives per image, as the reference's MultiPositiveNCELoss.
 
-    Image -> text: softmax over all global texts, averaged over the image's m positives.
-    Text -> image: each text has one positive image among the global images.
-    The bias cancels in a softmax and is ignored.
+    Image -> text: for each positive slot j, an N-way softmax of the image over the j-th
+    texts of all N global images, its own the target. Text -> image: each text's softmax
+    over the N global images, its own image the target. Each term is a cross-entropy
+    averaged over its B*m local rows; the loss is their mean. The bias cancels in a
+    softmax and is ignored.
     """
     b, m, d = text_features.shape
     rank, _ = _world()
     scale = logit_scale.exp()
-    flat_texts = text_features.reshape(b * m, d).float()
-    all_texts = gather_with_grad(flat_texts)
-    all_images = gather_with_grad(image_features.float())
-    offset = rank * b
+    local_texts = text_features.float()
+    all_texts = gather_with_grad(local_texts)  # [N, m, D]
+    all_images = gather_with_grad(image_features.float())  # [N, D]
+    local_images = rank * b + torch.arange(b, device=local_texts.device)  # their global indices
+    targets = local_images.repeat_interleave(m)  # row (i, j) -> image i
 
-    i2t = image_features.float() @ all_texts.T * scale  # [B, R*B*m]
-    pos_cols = (offset + torch.arange(b, device=i2t.device)) * m
-    pos_cols = pos_cols[:, None] + torch.arange(m, device=i2t.device)[None, :]  # [B, m]
-    i2t_loss = -i2t.log_softmax(dim=1).gather(1, pos_cols).mean(dim=1).sum()
-
-    t2i = flat_texts @ all_images.T * scale  # [B*m, R*B]
-    targets = offset + torch.arange(b, device=t2i.device).repeat_interleave(m)
-    t2i_loss = F.cross_entropy(t2i, targets, reduction="sum") / m
-
-    return (i2t_loss + t2i_loss) / (2 * b)
+    image_to_slot_texts = torch.einsum("bd,nmd->bmn", image_features.float(), all_texts) * scale  # [B, m, N]
+    text_to_images = torch.einsum("bmd,nd->bmn", local_texts, all_images) * scale  # [B, m, N]
+    i2t = F.cross_entropy(image_to_slot_texts.reshape(b * m, -1), targets)
+    t2i = F.cross_entropy(text_to_images.reshape(b * m, -1), targets)
+    return (i2t + t2i) / 2
 
 
 LOSSES = {"sigmoid": multi_positive_sigmoid_loss, "infonce": multi_positive_infonce_loss}

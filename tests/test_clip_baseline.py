@@ -33,6 +33,16 @@ def test_clip_profile_switches_the_text_mode_and_keeps_the_image_side():
     assert clip.image == tiny.image and clip.train == tiny.train
 
 
+def test_trimming_the_padding_changes_no_text_embedding():
+    torch.manual_seed(0)
+    tower = ClipText({"clip_text": {**SMALL_TOWER, "context_length": 48}}).eval()
+    tokens = tokenize(["A dog.", "Two children play in the snow next to a small red house.", ""], 48)
+    assert ClipText._trim_padding(tokens).shape[1] == int((tokens != 0).sum(dim=1).max()) < 48
+    # open_clip's own forward runs all 48 positions.
+    untrimmed = torch.nn.functional.normalize(tower.transformer(tokens), dim=-1)
+    torch.testing.assert_close(tower(tokens), untrimmed, rtol=1e-5, atol=1e-6)
+
+
 def test_tokenizer_and_tower_handle_multilingual_text():
     tokens = tokenize(MULTILINGUAL + ["word " * 200], context_length=24)
     assert tokens.shape == (5, 24) and tokens.dtype == torch.long

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from clip_benchmark.metrics import zeroshot_classification as cb_cls
 from clip_benchmark.metrics import zeroshot_retrieval as cb_ret
 from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
@@ -13,6 +14,7 @@ from evaluations import datasets as ds
 from evaluations import runner
 from evaluations.embedding import embed_texts
 from flame.data.images import read_image
+from flame.model import FlameModel
 from evaluations.benchmarks import get_benchmark
 from evaluations.templates import SHORT
 from evaluations.text_cache import TextEmbeddingCache
@@ -107,6 +109,7 @@ def test_long_multilingual_text_pairs_and_linear_probe(eval_model, eval_config, 
     cfg = eval_config.eval.model_copy(update={"linear_probe_train_per_class": 2})
     probe = runner.evaluate_manifest(eval_model, probe_path, "linear_probe", config=cfg)
     assert probe["details"]["n_train"] == 4 and probe["details"]["n_test"] == 2
+    assert probe["details"]["image_features"] == "backbone" and probe["details"]["feature_dim"] == eval_model.visual.width
     assert probe["metrics"]["chance_lp_acc1"] == 0.5 and probe["metrics"]["lp_acc1"] in (0.0, 0.5, 1.0)
 
     descriptions = ["A red kite over a grey beach with two children running.",
@@ -212,3 +215,25 @@ def test_text_protocol_is_configurable_per_benchmark_and_pools_like_the_referenc
     bad = config.model_copy(update={"text_protocols": {"retreival": "raw"}})
     with pytest.raises(Exception, match=r"eval\.text_protocols\.retreival: not a task"):
         runner.evaluate_benchmark(eval_model, "sample-dev-retrieval", config=bad, limit=2)
+
+
+def test_linear_probe_scores_the_image_towers_features_before_the_projector(eval_config, eval_manifest):
+    """As the reference evaluates it (encode_image(visual_only=True)): the pooled backbone
+    features, normalised, of the backbone's width, and the projector never runs."""
+    torch.manual_seed(0)
+    model = FlameModel(eval_config.image, 48, eval_config.text.model_dump(mode="json")).eval()  # no LLM needed
+    projector_calls = []
+    model.visual.projector.register_forward_hook(lambda *args: projector_calls.append(1))
+    path = eval_manifest(6, extra=lambda i, row: {"label": "ab"[i % 2]}, name="probe.jsonl")
+    config = eval_config.eval.model_copy(update={"linear_probe_train_per_class": 2})
+    memo = {}
+    probe = runner.evaluate_manifest(model, path, "linear_probe", config=config, image_memo=memo)
+
+    assert probe["details"]["image_features"] == "backbone"
+    assert probe["details"]["feature_dim"] == model.visual.width == 192 and model.embed_dim == 48
+    assert not projector_calls
+    images = ds.load_classification(path).images
+    with torch.no_grad():
+        pixels = torch.stack([model.preprocess(read_image(p)) for p in images])
+        expected = F.normalize(model.encode_image_backbone(pixels), dim=-1)
+    torch.testing.assert_close(torch.stack([memo["backbone", p] for p in images]), expected)

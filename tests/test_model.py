@@ -1,5 +1,6 @@
-"""FlameModel: image tower shapes, save/load round trip, preprocessing, optimizer
-groups and schedule, and the text-encoder fingerprint guard."""
+"""FlameModel: image tower shapes and features (the paper profile's projector too),
+save/load round trip, preprocessing, optimizer groups and schedule, and the text-encoder
+fingerprint guard."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 import flame.model
-from flame.config import repo_root
+from flame.config import load_config, repo_root
 from flame.errors import FlameError
 from flame.model import FlameModel
+from flame.model.image_tower import ImageTower
 from flame.model.text_towers import check_text_fingerprint
 from flame.train.optim import build_optimizer, warmup_cosine
 from tests.fixtures.train import tiny_train_config
@@ -42,6 +46,33 @@ def test_image_tower_drops_prefix_tokens_and_pools_patches(model):
     # 32 px / patch 8 = 16 patch tokens + 1 class token.
     tokens = model.visual.backbone.forward_features(torch.randn(1, 3, 32, 32))
     assert tokens.shape[1] == 17 and model.visual.num_prefix_tokens == 1
+
+
+def test_backbone_features_are_the_pooled_patch_tokens_before_the_projector(model):
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        features = model.encode_image_backbone(pixels)
+        patches = model.visual.backbone.forward_features(pixels)[:, 1:]
+        embedding = model.encode_image(pixels)
+    assert features.shape == (3, model.visual.width) == (3, 192)
+    torch.testing.assert_close(features, patches.mean(dim=1))
+    torch.testing.assert_close(embedding, F.normalize(model.visual.projector(patches).mean(dim=1), dim=-1))
+
+
+def test_paper_profile_projector_is_the_references():
+    """ViT-B/16's width 768 -> 5120 -> GELU -> 5120 -> LayerNorm(5120): the reference's
+    _build_mm_projector for Mistral-Nemo's hidden size 5120 (hidden width max(5120, 4096))."""
+    image = load_config(profile="paper").image.model_copy(update={"pretrained": False})
+    assert image.projector_hidden == 5120
+    with torch.device("meta"):  # shapes only: no need to initialise ~120M parameters
+        tower = ImageTower(image, embed_dim=5120)
+    assert tower.width == 768
+    assert [type(layer) for layer in tower.projector] == [nn.Linear, nn.GELU, nn.Linear, nn.LayerNorm]
+    first, gelu, second, norm = tower.projector
+    assert (first.in_features, first.out_features, first.bias is not None) == (768, 5120, True)
+    assert gelu.approximate == "none"
+    assert (second.in_features, second.out_features, second.bias is not None) == (5120, 5120, True)
+    assert norm.normalized_shape == (5120,) and norm.elementwise_affine
 
 
 def test_logit_parameters_start_at_paper_values(model):

@@ -77,7 +77,8 @@ def test_jsonl_store_layout_skips_empty_and_cycles(tmp_path, tiny_encoder):
     rows.append({"caption": "   ", "captions": ["", " \t "]})  # nothing to embed: skipped
     rows.append({"key": "custom-key", "captions": ["", "Zwei Hunde spielen im Schnee."]})
     manifest = _write_jsonl(tmp_path / "part.jsonl", rows)
-    config = text_config(captions_per_sample=2)  # K = 2 x raw(1) + 2 x short(3) = 8
+    config = text_config(captions_per_sample=2, views=[  # K = 2 x raw(1) + 2 x short(3) = 8
+        {"field": "caption", "facet_set": "raw"}, {"field": "caption", "facet_set": "short"}])
 
     summary = run_embedding(config, manifest, tmp_path / "emb", encoder=tiny_encoder, progress=False)
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 import flame.model
 from flame.errors import FlameError
 from flame.text.store import EmbeddingStore
+from flame.tracking import NullTracker
 from flame.train import run_training
 from tests.fixtures.train import tiny_train_config, write_synthetic_store
 
@@ -62,6 +63,19 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(two_epochs):
     assert len(losses) == 8
 
 
+def _assert_same_weights_and_optimizer(out: Path, reference: Path) -> None:
+    got, want = _params(out), _params(reference)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6, msg=name)
+    want_slots = torch.load(reference / "train_state.pt", weights_only=True)["optimizer"]["state"]
+    got_slots = torch.load(out / "train_state.pt", weights_only=True)["optimizer"]["state"]
+    assert got_slots.keys() == want_slots.keys()
+    for idx, slot in want_slots.items():
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(got_slots[idx][key], slot[key], rtol=0, atol=1e-6, msg=f"{idx}.{key}")
+
+
 def test_resume_after_one_epoch_equals_two_uninterrupted_epochs(two_epochs, one_epoch, sample_shards,
                                                                  synthetic_store, tmp_path):
     reference, ref_summary = two_epochs
@@ -70,14 +84,37 @@ def test_resume_after_one_epoch_equals_two_uninterrupted_epochs(two_epochs, one_
     summary = run_training(tiny_train_config(**CONFIG), sample_shards, synthetic_store, out, resume=True)
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 8
     assert summary["losses"] == ref_summary["losses"]
-    got, want = _params(out), _params(reference)
-    assert got.keys() == want.keys()
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6, msg=name)
-    ref_state = torch.load(reference / "train_state.pt", weights_only=True)
-    state = torch.load(out / "train_state.pt", weights_only=True)
-    for idx, slot in ref_state["optimizer"]["state"].items():
-        torch.testing.assert_close(state["optimizer"]["state"][idx]["exp_avg"], slot["exp_avg"], rtol=0, atol=1e-6)
+    _assert_same_weights_and_optimizer(out, reference)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _InterruptAtStep(NullTracker):
+    """Stops a training run (as a kill would) when asked to log the training metrics of ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def log_metrics(self, metrics, step=None):
+        if step == self.step and "train/loss" in metrics:
+            raise _Interrupted(f"interrupted at step {step}")
+
+
+def test_resume_mid_epoch_equals_an_uninterrupted_run(two_epochs, sample_shards, synthetic_store, tmp_path):
+    reference, ref_summary = two_epochs
+    config = tiny_train_config(checkpoint_every_steps=2, **CONFIG)  # saves at steps 2, 4 (epoch end), 6
+    out = tmp_path / "run"
+    with pytest.raises(_Interrupted):
+        run_training(config, sample_shards, synthetic_store, out, tracker=_InterruptAtStep(7))
+    saved = torch.load(out / "train_state.pt", weights_only=True)
+    assert (saved["step"], saved["epoch"], saved["step_in_epoch"]) == (6, 1, 2)  # inside epoch 2 of 4 steps
+
+    summary = run_training(config, sample_shards, synthetic_store, out, resume=True)
+    assert summary["resumed_from_step"] == 6 and summary["steps"] == 8 and summary["epochs"] == 2
+    assert summary["losses"] == ref_summary["losses"]
+    _assert_same_weights_and_optimizer(out, reference)
 
 
 def test_existing_checkpoint_needs_resume(one_epoch, sample_shards, synthetic_store):
@@ -152,3 +189,19 @@ def test_corrupt_images_and_missing_embeddings_are_skipped_and_counted(bad_shard
     assert summary["samples"] == 61
     assert summary["steps"] == 3  # 32 - 1 corrupt and 32 - 3 missing -> 31 + 29 usable -> 3 full batches
     flame.model.load(tmp_path / "out")
+
+
+def test_attention_auto_takes_the_math_kernel_on_a_cpu_and_every_kernel_trains_alike(
+        sample_shards, synthetic_store, tmp_path):
+    from flame.train.attention import attention_kernel
+
+    cpu = torch.device("cpu")
+    with attention_kernel("auto", cpu):
+        assert torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()
+    with attention_kernel("default", cpu):
+        assert torch.backends.cuda.flash_sdp_enabled()
+    losses = {}
+    for kernel in ("math", "default"):
+        config = tiny_train_config(epochs=1, precision="fp32", attention=kernel)
+        losses[kernel] = run_training(config, sample_shards, synthetic_store, tmp_path / kernel)["losses"]
+    assert losses["math"] == pytest.approx(losses["default"], rel=1e-4)

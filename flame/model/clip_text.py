@@ -61,7 +61,23 @@ class ClipText(nn.Module):
         return self.cfg.embed_dim
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.transformer(tokens), dim=-1)
+        return F.normalize(self._pooled(self._trim_padding(tokens)), dim=-1)
+
+    @staticmethod
+    def _trim_padding(tokens: torch.Tensor) -> torch.Tensor:
+        """Drop the columns that are padding in every row. Exact: under the causal mask no
+        token sees a later one, and each text is read at its end-of-text token."""
+        length = int((tokens != 0).sum(dim=1).max().clamp(min=1))
+        return tokens[:, :length]
+
+    def _pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        # open_clip's TextTransformer.forward for this tower (causal mask, end-of-text pooling),
+        # with its mask and positions cut to the trimmed length; it always runs all context_length.
+        t, length = self.transformer, tokens.shape[1]
+        x = t.token_embedding(tokens) + t.positional_embedding[:length]
+        x = t.ln_final(t.transformer(x, attn_mask=t.attn_mask[:length, :length]))
+        pooled = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        return t.text_projection(pooled) if isinstance(t.text_projection, nn.Linear) else pooled @ t.text_projection
 
     @torch.no_grad()
     def encode(self, texts: list[str], facet_set: str = RAW_FACET_SET, pooling: str | None = None) -> torch.Tensor:

@@ -50,6 +50,11 @@ class FlameModel(nn.Module):
         """``[B, 3, H, W]`` -> L2-normalised ``[B, D]``."""
         return self.visual(pixels)
 
+    def encode_image_backbone(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> ``[B, width]``: the image tower's pooled features before the
+        projector, not normalised (the linear probe's features, as in the reference)."""
+        return self.visual.backbone_features(pixels)
+
     def forward(self, pixels: torch.Tensor, text_tokens: torch.Tensor | None = None):
         """Image features; with ``text_tokens`` (clip mode, trainable text tower) also the text features,
         so one (DDP) forward covers every trained parameter."""

@@ -58,19 +58,26 @@ class ImageTower(nn.Module):
     def __init__(self, image: ImageConfig, embed_dim: int):
         super().__init__()
         self.backbone = create_backbone(image)
-        width = getattr(self.backbone, "embed_dim", None) or self.backbone.num_features
+        self.width = int(getattr(self.backbone, "embed_dim", None) or self.backbone.num_features)
         self.num_prefix_tokens = int(getattr(self.backbone, "num_prefix_tokens", 0))
-        self.projector = MLPProjector(width, embed_dim, image.projector_hidden)
+        self.projector = MLPProjector(self.width, embed_dim, image.projector_hidden)
         self.embed_dim = embed_dim
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def patch_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The backbone's output tokens without prefix (class, register) tokens: ``[B, T, width]``."""
         tokens = self.backbone.forward_features(pixels)
         if tokens.dim() == 4:  # convolutional backbones: [B, C, H, W] -> [B, HW, C]
-            tokens = tokens.flatten(2).transpose(1, 2)
-        else:
-            tokens = tokens[:, self.num_prefix_tokens:]
-        pooled = self.projector(tokens).mean(dim=1)
+            return tokens.flatten(2).transpose(1, 2)
+        return tokens[:, self.num_prefix_tokens:]
+
+    def backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The patch tokens average-pooled before the projector, ``[B, width]``, not normalised
+        (what the reference's linear probe sees: ``encode_image(visual_only=True)``)."""
+        return self.patch_tokens(pixels).mean(dim=1)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        pooled = self.projector(self.patch_tokens(pixels)).mean(dim=1)
         return F.normalize(pooled.float(), dim=-1)

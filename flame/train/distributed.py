@@ -1,4 +1,5 @@
-"""torch.distributed set-up from torchrun's environment variables (RANK, WORLD_SIZE, LOCAL_RANK)."""
+"""torch.distributed set-up from torchrun's environment variables (RANK, WORLD_SIZE, LOCAL_RANK), and the
+collectives the trainer uses. Their tensors live on the process's device: NCCL takes only CUDA tensors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass
@@ -38,7 +40,7 @@ def init_distributed() -> DistContext:
         return DistContext(device=device)
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
         owns = True
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, owns)
 
@@ -49,7 +51,28 @@ def cleanup(ctx: DistContext) -> None:
 
 
 def all_reduce(value: torch.Tensor, ctx: DistContext, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """A copy of ``value`` on ``ctx.device``, reduced over all ranks."""
+    value = value.to(ctx.device, copy=True)
     if ctx.enabled:
-        value = value.clone()
         dist.all_reduce(value, op=op)
     return value
+
+
+def all_reduce_int(value: int, ctx: DistContext, op=dist.ReduceOp.SUM) -> int:
+    if not ctx.enabled:
+        return value
+    tensor = torch.tensor(value, dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(tensor, op=op)
+    return int(tensor)
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier(device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+
+def data_parallel(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """``model`` wrapped in DDP when there are several processes (on a GPU: that process's GPU alone)."""
+    if not ctx.enabled:
+        return model
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -25,7 +24,7 @@ from flame.losses import get_loss
 from flame.model import FlameModel
 from flame.tracking import ConsoleTracker, JsonlTracker, MultiTracker, Tracker
 from flame.train.batches import ShardBatches, shards_of_rank, steps_per_epoch
-from flame.train.distributed import DistContext, all_reduce, cleanup, init_distributed
+from flame.train.distributed import DistContext, all_reduce_int, barrier, cleanup, data_parallel, init_distributed
 from flame.train.optim import build_optimizer, build_scheduler
 from flame.train.precision import resolve_precision
 from flame.train.step import NonFiniteError, TrainStep
@@ -152,9 +151,9 @@ class _Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             ckpt.restore_rng(state["rng"])
         self.train_step = TrainStep(
-            self.model, DistributedDataParallel(self.model) if self.ctx.enabled else self.model,
+            self.model, data_parallel(self.model, self.ctx),
             self.mode.features, self.optimizer, self.scheduler, self.loss_fn, self.precision, self.cfg.grad_clip,
-            self.cfg.max_logit_scale, self.ctx,
+            self.cfg.max_logit_scale, self.ctx, self.cfg.attention,
         )
 
     def _tracker(self):
@@ -229,8 +228,7 @@ class _Trainer:
         while s["step_in_epoch"] < self.steps_per_epoch:
             batch = self._next_batch(iterator)
             waited = time.perf_counter() - last
-            have = all_reduce(torch.tensor(int(batch is not None)), ctx, op=torch.distributed.ReduceOp.MIN)
-            if not int(have):
+            if not all_reduce_int(int(batch is not None), ctx, op=torch.distributed.ReduceOp.MIN):
                 break  # a rank ran short (undecodable images): every rank ends the epoch here
             lr = self.optimizer.param_groups[0]["lr"]
             try:
@@ -264,7 +262,7 @@ class _Trainer:
             pass
         steps = max(1, s["step_in_epoch"])
         s["losses"].append(s["epoch_loss_sum"] / steps)
-        s["skipped_corrupt"] = int(all_reduce(torch.tensor(s["epoch_corrupt"]), ctx))
+        s["skipped_corrupt"] = all_reduce_int(s["epoch_corrupt"], ctx)
         s["epoch"] += 1
         s["step_in_epoch"], s["epoch_loss_sum"] = 0, 0.0
         if tracker:
@@ -294,8 +292,7 @@ class _Trainer:
                 "text_fingerprint": self.mode.text_fingerprint,
                 "store_fingerprint": self.mode.source_fingerprint,
             })
-        if self.ctx.enabled:
-            torch.distributed.barrier()
+        barrier(self.ctx)
 
     def _summary(self, timing: dict, resumed_from: int | None) -> dict[str, Any]:
         s = self.s

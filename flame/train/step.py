@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from flame.model import FlameModel
+from flame.train.attention import attention_kernel
 from flame.train.distributed import DistContext, all_reduce
 from flame.train.precision import autocast
 
@@ -30,24 +31,29 @@ class TrainStep:
     grad_clip: float | None
     max_logit_scale: float
     ctx: DistContext
+    attention: str = "auto"  # TrainConfig.attention
 
     def __call__(self, pixels: torch.Tensor, texts: torch.Tensor) -> float:
         """Forward, loss over the global batch, backward, update; returns the mean loss over ranks."""
         device = self.ctx.device
         pixels = pixels.to(device, non_blocking=True)
         texts = texts.to(device, non_blocking=True)
-        with autocast(self.precision, device):
-            image_features, text_features = self.features(self.forward, pixels, texts)
-        loss = self.loss_fn(image_features.float(), text_features.float(), self.model.logit_scale, self.model.logit_bias)
-        value = float(all_reduce(loss.detach(), self.ctx)) / self.ctx.world_size
-        if not math.isfinite(value):
-            raise NonFiniteError(f"loss is {value}")
-        loss.backward()
-        if self.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            if not torch.isfinite(norm):
-                self.optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteError(f"gradient norm is {float(norm)}")
+        # The kernel choice spans the backward too: gradient checkpointing re-runs the forward there.
+        with attention_kernel(self.attention, device):
+            with autocast(self.precision, device):
+                image_features, text_features = self.features(self.forward, pixels, texts)
+            loss = self.loss_fn(image_features.float(), text_features.float(), self.model.logit_scale,
+                                self.model.logit_bias)
+            value = float(all_reduce(loss.detach(), self.ctx)) / self.ctx.world_size
+            if not math.isfinite(value):
+                raise NonFiniteError(f"loss is {value}")
+            loss.backward()
+        # Without clipping (the default) the norm is still taken: a non-finite gradient must
+        # not reach the weights or AdamW's moments. An infinite limit rescales nothing.
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or math.inf)
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(f"gradient norm is {float(norm)}")
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
