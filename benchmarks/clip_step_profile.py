@@ -17,51 +17,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.flame_vs_clip import BENCH_OVERRIDES  # noqa: E402
+from benchmarks.train_throughput import step_runner  # noqa: E402
 from flame.config import load_config  # noqa: E402
-from flame.losses import get_loss  # noqa: E402
-from flame.model import FlameModel  # noqa: E402
-from flame.model.clip_text import clip_text_config, tokenize  # noqa: E402
-from flame.train.distributed import DistContext  # noqa: E402
-from flame.train.optim import build_optimizer, build_scheduler  # noqa: E402
-from flame.train.precision import resolve_precision  # noqa: E402
-from flame.train.step import TrainStep  # noqa: E402
-from flame.train.text_modes.clip import ClipMode  # noqa: E402
-from flame.train.text_modes.frozen_llm import FrozenLLMMode  # noqa: E402
-
-LLM_WIDTH = 576  # SmolLM2-135M's hidden size: the width both modes project the image into
-
-
-def sample_captions(count: int) -> list[str]:
-    rows = (ROOT / "data" / "sample" / "train.jsonl").read_text(encoding="utf-8").splitlines()
-    return [c for row in rows for c in json.loads(row)["captions"]][:count]
-
-
-def step_runner(config, mode: str, kernel: str, batch: int):
-    """A closure running one TrainStep of ``mode`` on a fixed batch, and its model."""
-    torch.manual_seed(0)
-    m, train = config.train.positives_per_image, config.train
-    if mode == "clip":
-        model = FlameModel(config.image, config.clip_text.embed_dim, text_config=clip_text_config(config),
-                           text_mode="clip")
-        features = ClipMode(config, Path(".")).features
-        texts = tokenize(sample_captions(batch * m), config.clip_text.context_length).reshape(batch, m, -1)
-    else:
-        model = FlameModel(config.image, LLM_WIDTH, text_config=config.text.model_dump(mode="json"))
-        features = FrozenLLMMode.features
-        texts = F.normalize(torch.randn(batch, m, LLM_WIDTH), dim=-1)
-    optimizer = build_optimizer(model, train)
-    step = TrainStep(model, model, features, optimizer, build_scheduler(optimizer, train, 10_000),
-                     get_loss(train.loss), resolve_precision(train.precision, torch.device("cpu")),
-                     train.grad_clip, train.max_logit_scale, DistContext(), kernel)
-    pixels = torch.randn(batch, 3, config.image.img_size, config.image.img_size)
-    return (lambda: step(pixels, texts)), model
 
 
 def time_split(run) -> dict:
@@ -86,7 +49,7 @@ def main() -> int:
     runners, models = {}, {}
     for mode in ("flame", "clip"):
         for kernel in ("math", "default"):
-            runners[f"{mode}_{kernel}"], models[mode] = step_runner(config, mode, kernel, args.batch)
+            runners[f"{mode}_{kernel}"], models[mode] = step_runner(config, args.batch, mode=mode, attention=kernel)
     for run in runners.values():  # warm-up: allocator, oneDNN kernels
         run()
     seconds = dict.fromkeys(runners, 0.0)

@@ -36,12 +36,14 @@ sys.path.insert(0, str(ROOT))
 from flame.config import load_config  # noqa: E402
 from flame.losses import get_loss  # noqa: E402
 from flame.model import FlameModel  # noqa: E402
+from flame.model.clip_text import clip_text_config, tokenize  # noqa: E402
 from flame.text.store import EmbeddingStore  # noqa: E402
 from flame.train import run_training  # noqa: E402
 from flame.train.distributed import DistContext  # noqa: E402
 from flame.train.optim import build_optimizer, build_scheduler  # noqa: E402
 from flame.train.precision import autocast, resolve_precision  # noqa: E402
 from flame.train.step import TrainStep  # noqa: E402
+from flame.train.text_modes.clip import ClipMode  # noqa: E402
 from flame.train.text_modes.frozen_llm import FrozenLLMMode  # noqa: E402
 
 SAMPLE = ROOT / "data" / "sample"
@@ -76,16 +78,32 @@ def write_random_store(root: Path, shards: Path, k: int) -> Path:
     return store.path
 
 
-def flame_step_runner(config, precision: str, batch: int):
+def sample_captions(count: int) -> list[str]:
+    rows = (SAMPLE / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    return [c for row in rows for c in json.loads(row)["captions"]][:count]
+
+
+def step_runner(config, batch: int, *, mode: str = "flame", precision: str | None = None, attention: str = "auto"):
+    """A closure running this loop's TrainStep of ``mode`` on one fixed batch, and its model. FLAME
+    trains against random L2-normalised texts of the LLM's width, CLIP on real sample captions.
+    ``precision``: default the profile's (resolved for the CPU)."""
     torch.manual_seed(0)
-    model = FlameModel(config.image, LLM_WIDTH, text_config=config.text.model_dump(mode="json"))
-    optimizer = build_optimizer(model, config.train)
-    step = TrainStep(model, model, FrozenLLMMode.features, optimizer, build_scheduler(optimizer, config.train, 10_000),
-                     get_loss(config.train.loss), precision, config.train.grad_clip,
-                     config.train.max_logit_scale, DistContext())
+    m, train = config.train.positives_per_image, config.train
+    if mode == "clip":
+        model = FlameModel(config.image, config.clip_text.embed_dim, text_config=clip_text_config(config),
+                           text_mode="clip")
+        features = ClipMode(config, Path(".")).features
+        texts = tokenize(sample_captions(batch * m), config.clip_text.context_length).reshape(batch, m, -1)
+    else:
+        model = FlameModel(config.image, LLM_WIDTH, text_config=config.text.model_dump(mode="json"))
+        features = FrozenLLMMode.features
+        texts = F.normalize(torch.randn(batch, m, LLM_WIDTH), dim=-1)
+    optimizer = build_optimizer(model, train)
+    step = TrainStep(model, model, features, optimizer, build_scheduler(optimizer, train, 10_000),
+                     get_loss(train.loss), precision or resolve_precision(train.precision, torch.device("cpu")),
+                     train.grad_clip, train.max_logit_scale, DistContext(), attention)
     pixels = torch.randn(batch, 3, config.image.img_size, config.image.img_size)
-    texts = F.normalize(torch.randn(batch, config.train.positives_per_image, LLM_WIDTH), dim=-1)
-    return lambda: step(pixels, texts)
+    return (lambda: step(pixels, texts)), model
 
 
 def open_clip_step_runner(config, precision: str, batch: int, captions: list[str]):
@@ -151,12 +169,12 @@ def main() -> int:
         store = write_random_store(tmp / "emb", tmp / "shards", k=4)
 
         runners = {
-            "flame_step": flame_step_runner(config, precision, args.batch),
+            "flame_step": step_runner(config, args.batch, precision=precision)[0],
             "open_clip_step": open_clip_step_runner(config, precision, args.batch, captions),
-            "flame_step_fp32": flame_step_runner(config, "fp32", args.batch),
+            "flame_step_fp32": step_runner(config, args.batch, precision="fp32")[0],
         }
         if precision != "bf16":
-            runners["flame_step_bf16"] = flame_step_runner(config, "bf16", args.batch)
+            runners["flame_step_bf16"] = step_runner(config, args.batch, precision="bf16")[0]
         seconds = {name: 0.0 for name in runners}
         for name, step in runners.items():  # warm-up (allocator, oneDNN kernels)
             step()
