@@ -1,9 +1,10 @@
 """MLflow side costs, as one JSON object: logging a FLAME checkpoint as a pyfunc, loading it,
 image-embedding throughput through ``predict`` (base64 input, as a served request carries
-it), and the latency of one registration with its champion gate. Local SQLite store in a
-temporary folder, no server.
+it), and the latency of one registration with its champion gate (challenger and champion
+scored side by side on the first --gate-images images of the gate's benchmark). Local SQLite
+store in a temporary folder, no server.
 
-Usage: python benchmarks/mlflow_model_registry.py [--checkpoint DIR] [--images N] [--registrations N]
+Usage: python benchmarks/mlflow_model_registry.py [--checkpoint DIR] [--images N] [--registrations N] [--gate-images N]
 Default checkpoint: a freshly initialised tiny-profile FlameModel (cost, not quality, is measured).
 """
 
@@ -33,12 +34,13 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="a FLAME checkpoint folder (default: a fresh tiny model)")
     parser.add_argument("--images", type=int, default=64, help="sample images per predict call")
     parser.add_argument("--registrations", type=int, default=5, help="registrations to time (gate included)")
+    parser.add_argument("--gate-images", type=int, default=16, help="images of the gate benchmark each gate scores")
     args = parser.parse_args()
 
     import mlflow
     import pandas as pd
 
-    from flame.mlflow import gate
+    from evaluations.promotion import register_and_gate
     from flame.mlflow.pyfunc import log_flame_model
     from flame.mlflow.tracker import MlflowTracker
 
@@ -68,7 +70,8 @@ def main() -> None:
         reg_s = []
         for i in range(args.registrations):
             t0 = time.perf_counter()
-            gate.register_model(config, model_uri, run_id=tracker.run_id, metrics={config.registry.gate_metric: 0.1 + i / 100})
+            register_and_gate(config, model_uri, checkpoint_dir=checkpoint, run_id=tracker.run_id,
+                              training_id=f"bench-{i}", limit=args.gate_images)
             reg_s.append(time.perf_counter() - t0)
 
     print(json.dumps({

@@ -20,6 +20,7 @@ COMMANDS = {
     "predict": "predict",
     "registry": "model_registry",
     "demo": "demo",
+    "config": "config",
 }
 
 

@@ -238,18 +238,36 @@ class TrackingConfig(_Section):
     experiment: str | None = None
     # Seconds to wait for a tracking server's /health before training is refused.
     connect_timeout: float = Field(5.0, gt=0)
+    # Where links to runs and model versions point when tracking_uri is not a server (a local
+    # sqlite store is browsed with `mlflow ui`, which listens here by default).
+    ui_url: str = "http://127.0.0.1:5000"
 
 
 class RegistryConfig(_Section):
     model_name: str = "flame"
-    # A key of the evaluation summary ({benchmark}/{metric}), logged as a run metric.
+    # A key of the evaluation summary ({benchmark}/{metric}): the gate scores the challenger
+    # and the champion on that benchmark, query by query (evaluations.paired).
     gate_metric: str = "sample-dev-retrieval/mean_recall@5"
+    # Promote only if the challenger wins by more than this and the paired bootstrap's
+    # interval of the difference lies wholly above 0 (below, when lower is better).
     margin: float = 0.0
     higher_is_better: bool = True
+    bootstrap_samples: int = Field(1000, ge=100, le=1_000_000)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    bootstrap_seed: int = Field(0, ge=0)
 
 
 class OrchestrationConfig(_Section):
     retrain_cron: str = "0 3 * * 0"
+    # How often the new-manifest sensor looks at the manifests, and the automation sensor at the assets.
+    sensor_interval_s: int = Field(60, ge=1)
+    automation_interval_s: int = Field(30, ge=1)
+    # Dagster concurrency pools: the LLM-embedding step holds a slot of flame-llm, the training
+    # step one of flame-train; at most this many run at once on the instance.
+    pool_limits: dict[str, int] = Field(default_factory=lambda: {"flame-llm": 1, "flame-train": 1})
+    # Retries of a failed download step (img2dataset), with exponential backoff from this delay.
+    download_retries: int = Field(2, ge=0)
+    download_retry_delay_s: float = Field(10.0, ge=0)
     incoming_dir: str = "data/incoming"
     storage_root: str = "data"
     # Prefix of the training subprocess, e.g. [torchrun, --nnodes=2, --nproc_per_node=8, ...];
@@ -263,6 +281,14 @@ class OrchestrationConfig(_Section):
     executor_config: dict[str, Any] = Field(default_factory=dict)
     # Op tags of the training step only (e.g. {"dagster-k8s/config": {...GPU requests...}}).
     train_op_tags: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("pool_limits")
+    @classmethod
+    def _positive_limits(cls, limits: dict[str, int]) -> dict[str, int]:
+        for pool, limit in limits.items():
+            if limit < 1:
+                raise ValueError(f"pool_limits.{pool}={limit}: a pool needs at least 1 slot")
+        return limits
 
 
 class FlameConfig(_Section):

@@ -16,7 +16,7 @@ from dagster import (
 )
 
 from flame import checkpoint
-from orchestration.metadata import latest_metadata
+from orchestration.lineage import upstream
 from orchestration.partitions import DATA_SHARDS
 from orchestration.resources import FlameConfigResource, MlflowResource
 
@@ -27,7 +27,7 @@ warnings.filterwarnings("ignore", message="Specifying a partitions_def on an Ass
 @asset_check(asset="manifest", partitions_def=DATA_SHARDS, blocking=False,
              description="Most manifest rows have a URL and a caption.")
 def manifest_rows_usable(context: AssetCheckExecutionContext, flame_config: FlameConfigResource) -> AssetCheckResult:
-    meta = latest_metadata(context, "manifest", context.partition_key)
+    meta = upstream(context, "manifest", context.partition_key)
     count, usable = int(meta["count"]), int(meta["usable"])
     rate = usable / count if count else 0.0
     return AssetCheckResult(
@@ -40,7 +40,7 @@ def manifest_rows_usable(context: AssetCheckExecutionContext, flame_config: Flam
 @asset_check(asset="image_shards", partitions_def=DATA_SHARDS, blocking=True,
              description="The download success rate reaches data.min_success_rate.")
 def download_success_rate(context: AssetCheckExecutionContext, flame_config: FlameConfigResource) -> AssetCheckResult:
-    meta = latest_metadata(context, "image_shards", context.partition_key)
+    meta = upstream(context, "image_shards", context.partition_key)
     threshold = flame_config.load().data.min_success_rate
     rate = float(meta["success_rate"])
     return AssetCheckResult(
@@ -56,8 +56,8 @@ def embeddings_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
     from flame.text.store import EmbeddingStore
 
     key = context.partition_key
-    meta = latest_metadata(context, "caption_embeddings", key)
-    downloaded = int(latest_metadata(context, "image_shards", key)["success"])
+    meta = upstream(context, "caption_embeddings", key)
+    downloaded = int(upstream(context, "image_shards", key)["success"])
     store = EmbeddingStore.open(meta["store"])
     report = store.validate()
     own_errors = [e for e in report["errors"] if e.startswith(f"{key}:") or e.startswith(f"{key}_")]
@@ -73,7 +73,7 @@ def embeddings_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
 
 @asset_check(asset="flame_model", blocking=True, description="The training loss went down.")
 def training_loss_decreased(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    meta = latest_metadata(context, "flame_model")
+    meta = upstream(context, "flame_model")
     summary = checkpoint.read_summary(meta["checkpoint"])
     losses = [float(x) for x in summary.get("losses") or []]
     if len(losses) >= 2:  # mean loss of the first epoch against the last
@@ -100,7 +100,7 @@ def chance_pairs(metrics: dict[str, float]) -> dict[str, tuple[float, float]]:
 @asset_check(asset="evaluation", blocking=True,
              description="The gate metric beats its chance level (else: every metric with a chance level does).")
 def evaluation_above_chance(context: AssetCheckExecutionContext, flame_config: FlameConfigResource) -> AssetCheckResult:
-    metrics = latest_metadata(context, "evaluation")["metrics"]
+    metrics = upstream(context, "evaluation")["metrics"]
     gate = flame_config.load().registry.gate_metric
     pairs = chance_pairs(metrics)
     if gate in pairs:

@@ -6,32 +6,31 @@ storage root from $FLAME_STORAGE_ROOT or the profile, MLflow from $MLFLOW_TRACKI
 the profile.
 """
 
-from __future__ import annotations
-
 import dagster as dg
 
 from flame.config import FlameConfig
-from orchestration.assets.data import caption_embeddings, image_shards, manifest
-from orchestration.assets.model import evaluation, flame_model_asset, registered_model
-from orchestration.automation import ingest_job, new_manifest_sensor, retrain_schedule, train_job
+from orchestration.assets.data import data_assets
+from orchestration.assets.model import model_assets
 from orchestration.checks import ALL_CHECKS
 from orchestration.executors import executor_from_config
+from orchestration.jobs import ingest_job, promote_job, rollback_job, train_job
 from orchestration.resources import build_resources, definition_config
+from orchestration.schedules import retrain_schedule
+from orchestration.sensors import new_manifest_sensor, retrain_on_new_data
 
 
 def pipeline_assets(config: FlameConfig) -> list[dg.AssetsDefinition]:
     """The six assets, in pipeline order."""
-    return [manifest, image_shards, caption_embeddings,
-            flame_model_asset(config.orchestration.train_op_tags), evaluation, registered_model]
+    return data_assets(config) + model_assets(config)
 
 
 def build_definitions(config: FlameConfig, resources: dict | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=pipeline_assets(config),
         asset_checks=ALL_CHECKS,
-        jobs=[ingest_job, train_job],
+        jobs=[ingest_job, train_job, promote_job, rollback_job],
         schedules=[retrain_schedule(config)],
-        sensors=[new_manifest_sensor],
+        sensors=[new_manifest_sensor(config), retrain_on_new_data(config)],
         resources=resources or build_resources(),
         executor=executor_from_config(config),
     )

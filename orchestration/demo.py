@@ -47,10 +47,11 @@ def _ok(result, what: str) -> None:
 def run_demo(args: argparse.Namespace) -> dict:
     from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
-    from orchestration.automation import INGEST_ASSETS, MODEL_ASSETS
     from orchestration.checks import ALL_CHECKS
     from orchestration.definitions import pipeline_assets
+    from orchestration.jobs import INGEST_ASSETS, MODEL_ASSETS
     from orchestration.partitions import DATA_SHARDS, discover_chunks
+    from orchestration.pools import apply_pool_limits
     from orchestration.resources import build_resources
 
     started = time.monotonic()
@@ -59,6 +60,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     resources = build_resources(params_path=params, profile=config.profile,
                                 tracking_uri=args.tracking_uri or "", storage_root=args.storage_root or "")
     instance = DagsterInstance.get()
+    apply_pool_limits(instance, config)
     keys = [c.key for c in discover_chunks(config)]
     known = set(instance.get_dynamic_partitions(DATA_SHARDS.name))
     instance.add_dynamic_partitions(DATA_SHARDS.name, [k for k in keys if k not in known])

@@ -1,21 +1,13 @@
-"""Asset metadata: reading what an upstream materialisation recorded, and writing what the
-Dagster UI shows (tables, links)."""
+"""What the Dagster UI shows for an asset: tables, plots inline, and clickable MLflow links."""
 
-from __future__ import annotations
+import base64
+import io
+from pathlib import Path
 
-from dagster import AssetKey, AssetRecordsFilter
+from dagster import MetadataValue
 
-from flame.errors import FlameError
-
-
-def latest_metadata(context, key: str, partition: str | None = None) -> dict:
-    """The metadata values of ``key``'s latest materialisation (an error when there is none)."""
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(key), asset_partitions=[partition] if partition else None), limit=1
-    ).records
-    if not records or records[0].event_log_entry.asset_materialization is None:
-        raise FlameError(f"asset {key!r}{f' [{partition}]' if partition else ''} has not been materialised yet")
-    return {k: v.value for k, v in records[0].event_log_entry.asset_materialization.metadata.items()}
+# Dagster stores metadata in its event log; an inline plot is shrunk until it fits this.
+INLINE_IMAGE_BYTES = 150_000
 
 
 def md_table(rows: list[dict]) -> str:
@@ -28,7 +20,33 @@ def md_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def mlflow_run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"mlflow ui --backend-store-uri {tracking_uri}  ->  #/experiments/{experiment_id}/runs/{run_id}"
+def inline_png(path: str | Path, title: str = "") -> MetadataValue:
+    """Markdown with the image at ``path`` embedded as a PNG data URI (downscaled to fit)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        width = min(image.width, 900)
+        while True:
+            scaled = image.resize((width, max(1, round(image.height * width / image.width))))
+            buffer = io.BytesIO()
+            scaled.save(buffer, format="PNG", optimize=True)
+            if buffer.tell() <= INLINE_IMAGE_BYTES or width <= 160:
+                break
+            width = int(width * 0.75)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    heading = f"**{title}**\n\n" if title else ""
+    return MetadataValue.md(f"{heading}![{Path(path).name}](data:image/png;base64,{encoded})")
+
+
+def mlflow_ui(tracking_uri: str, ui_url: str) -> str:
+    """The MLflow UI base: the tracking server itself, else ``tracking.ui_url`` (``mlflow ui``)."""
+    return (tracking_uri if tracking_uri.startswith(("http://", "https://")) else ui_url).rstrip("/")
+
+
+def mlflow_run_url(base: str, experiment_id: str, run_id: str) -> MetadataValue:
+    return MetadataValue.url(f"{base}/#/experiments/{experiment_id}/runs/{run_id}")
+
+
+def model_version_url(base: str, name: str, version: str | int) -> MetadataValue:
+    return MetadataValue.url(f"{base}/#/models/{name}/versions/{version}")

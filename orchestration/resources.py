@@ -77,6 +77,7 @@ class StoragePaths:
         self.downloads = self.root / "downloads"  # img2dataset output per partition
         self.shards = self.root / "shards"  # <partition>.tar (+ .parquet, _stats.json): training input
         self.embeddings = self.root / "embeddings"  # EmbeddingStore root
+        self.training_sets = self.root / "training_sets"  # <training id>/: links to exactly what it reads
         self.models = self.root / "models"
         self.evaluations = self.root / "evaluations"
 

@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", required=True, help="folder of image shards (.tar)")
     p.add_argument("--embeddings", required=True, help="embedding store folder")
     p.add_argument("--out", required=True, help="checkpoint folder (resumed when it holds a partial training)")
-    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.add_argument("--epochs", type=int, default=None, help="stop after this many epochs (the LR schedule still spans train.epochs)")
+    p.add_argument("--overrides-json", default="{}",
+                   help='JSON object merged over the profile, e.g. \'{"train": {"epochs": 5, "seed": 1}}\'')
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: config.tracking.tracking_uri)")
     p.add_argument("--no-mlflow", action="store_true", help="log to the console only")
     p.add_argument("--run-name", default=None, help="MLflow run name")
@@ -104,7 +106,10 @@ def summary_metadata(summary: dict, seconds: float, run: dict | None) -> dict:
 def run(args: argparse.Namespace, pipes=None) -> dict:
     from flame.train import run_training
 
-    config = load_config(args.config, args.profile)
+    overrides = json.loads(args.overrides_json)
+    if not isinstance(overrides, dict):
+        raise FlameError(f"--overrides-json must be a JSON object, got {args.overrides_json!r}")
+    config = load_config(args.config, args.profile, overrides=overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rank = int(os.environ.get("RANK", "0"))

@@ -1,10 +1,12 @@
 """DVC: the real dvc.yaml in a temporary git repository (dvc repro, push to a local
-remote, pull into a fresh clone), and orchestration.versioning against a real DVC repo."""
+remote, pull into a fresh clone), stage parameters that follow the selected profile and its
+``extends:`` chain, the committed dvc.lock, and orchestration.versioning against a real DVC repo."""
 
 import filecmp
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -14,10 +16,16 @@ import pytest
 import yaml
 
 from flame.cli import build_parser
+from flame.config import FlameConfig, load_config, profile_names
 from orchestration.versioning import data_hashes, ensure_remote, record_and_tag, record_data, run_dvc, version_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
+# Written by the `config` stage: the selected profile as flame resolves it; the stages' params.
+RESOLVED = "params.resolved.yaml"
+# What `dvc repro` on the sample pipeline leaves for git (beside dvc.yaml and params.yaml).
+PIPELINE_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", RESOLVED)
+PIPELINE_OUTS = ("data/pipeline/shards", "data/pipeline/embeddings", "outputs/pipeline/model", "outputs/pipeline/eval")
 
 
 def _git(repo, *args):
@@ -28,6 +36,37 @@ def _git(repo, *args):
 
 def _dvc(repo, *args):
     return run_dvc(repo, *args)
+
+
+def _changes(repo, *targets):
+    """`dvc status --json` as {stage: [what changed]}: "changed command", a parameter as
+    "FILE:KEY STATE", a dependency or output as "PATH STATE". Data absent from the
+    repository (a deleted or uncached dependency or output) is left out: what is compared is
+    the record (dvc.lock) against dvc.yaml, params and the files present."""
+    report = json.loads(run_dvc(repo, "status", "--json", *targets) or "{}")
+    changes = {}
+    for stage, entries in report.items():
+        found = []
+        for entry in entries:
+            if isinstance(entry, str):
+                found.append(entry)
+                continue
+            for items in entry.values():
+                for path, state in items.items():
+                    if isinstance(state, dict):
+                        found += [f"{path}:{key} {what}" for key, what in state.items()]
+                    elif state not in ("deleted", "not in cache"):
+                        found.append(f"{path} {state}")
+        if found:
+            changes[stage] = sorted(found)
+    return changes
+
+
+def _edit_params(repo, edit):
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    edit(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def _up_to_date(repo, *args):
@@ -60,23 +99,105 @@ def dvc_repo(tmp_path, monkeypatch):
     return repo
 
 
+@pytest.fixture
+def pipeline_copy(tmp_path, monkeypatch):
+    """A fresh git + DVC repository holding what git holds of the sample pipeline: dvc.yaml,
+    dvc.lock, params.yaml, params.resolved.yaml and data/sample (none of the pipeline's data)."""
+    repo = tmp_path / "copy"
+    repo.mkdir()
+    for name in PIPELINE_FILES:
+        shutil.copy2(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "data/sample", repo / "data/sample")
+    monkeypatch.setenv("PATH", VENV_BIN + os.pathsep + os.environ["PATH"])
+    _git(repo, "init", "-q")
+    _dvc(repo, "init", "-q")
+    _dvc(repo, "config", "core.analytics", "false")
+    return repo
+
+
 def test_dvc_yaml_stages_call_the_flame_cli_with_params_from_params_yaml():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert list(stages) == ["download", "embed", "train", "evaluate"]
+    assert list(stages) == ["config", "download", "embed", "train", "evaluate"]
+    # `config` reads every profile and writes the selected one, resolved, for the others.
+    config = stages["config"]
+    assert config["deps"] == ["params.yaml"] and "params" not in config and "${profile}" in config["cmd"]
+    assert config["outs"] == [{RESOLVED: {"cache": False}}]
+    sections = set(FlameConfig.model_fields) - {"profile"}
     parser = build_parser()
-    for name, stage in stages.items():
+    for name, stage in list(stages.items())[1:]:
         argv = shlex.split(stage["cmd"].replace("${profile}", params["profile"]))
         assert argv[:2] == ["flame", name]
-        parser.parse_args(argv[1:])
-        for key in stage["params"]:
-            node = params
-            for part in key.split("."):
-                node = node[part]  # KeyError names a param DVC could not find
-    previous_outs = set()
-    for stage in stages.values():
+        assert parser.parse_args(argv[1:]).profile == params["profile"]
+        # Only sections of the resolved profile: none of params.yaml, so no stage tracks a
+        # profile other than the selected one, nor misses what the selected one inherits.
+        [entry] = stage["params"]
+        assert list(entry) == [RESOLVED] and entry[RESOLVED] and set(entry[RESOLVED]) <= sections, name
+    for name in profile_names(ROOT / "params.yaml"):  # every section is there whatever the profile
+        assert sections <= set(load_config(ROOT / "params.yaml", name).model_dump(mode="json")), name
+    previous_outs = {RESOLVED}
+    for stage in list(stages.values())[1:]:
         assert set(stage["deps"]) & previous_outs or stage is stages["download"]
         previous_outs |= set(stage["outs"])
+    assert {"data/sample/dev.jsonl", "data/sample/images"} <= set(stages["evaluate"]["deps"])
+
+
+def test_dvc_lock_records_the_sample_pipeline_of_dvc_yaml_and_params_yaml(pipeline_copy):
+    """dvc.lock (committed) matches dvc.yaml, params.yaml and data/sample: in a fresh copy
+    without the pipeline's data, `dvc status` finds only that data missing."""
+    # `config` reruns on any edit of params.yaml (cheap); the lock must hold for what it resolves.
+    _dvc(pipeline_copy, "repro", "--single-item", "config")
+    stale = _changes(pipeline_copy)
+    assert not stale, f"dvc.lock is stale ({stale}): run `dvc repro` (with .venv active) and commit {PIPELINE_FILES}"
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    assert list(lock) == ["config", "download", "embed", "train", "evaluate"]
+    # evaluate reads the dev images (sample-dev-retrieval) as download reads the train ones.
+    dev_image = json.loads((pipeline_copy / "data/sample/dev.jsonl").read_text().splitlines()[0])["url"]
+    with (pipeline_copy / "data/sample" / dev_image).open("ab") as fh:
+        fh.write(b"\0")
+    assert _changes(pipeline_copy) == {stage: ["data/sample/images modified"] for stage in ("download", "evaluate")}
+    # The outputs are git-ignored; what the pipeline leaves for git is not.
+    for path in PIPELINE_OUTS:
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0, path
+    for path in PIPELINE_FILES:
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 1, path
+
+
+def test_stage_params_follow_the_selected_profile_and_what_it_inherits(pipeline_copy):
+    repo = pipeline_copy
+
+    def after(edit):
+        """Apply ``edit`` to params.yaml: only `config` has changed until it reruns; then the
+        stages that read a changed resolved value."""
+        _edit_params(repo, edit)
+        assert set(_changes(repo)) == {"config"}
+        _dvc(repo, "repro", "--single-item", "config")
+        return _changes(repo)
+
+    # tiny, against the committed dvc.lock: train (the one reader of train.*) and nothing else.
+    assert after(lambda p: p["profiles"]["tiny"]["train"].update(epochs=1)) == {
+        "train": [f"{RESOLVED}:train modified"]}
+
+    # clip (extends tiny, overriding text.mode): record a run under it...
+    _edit_params(repo, lambda p: p.update(profile="clip"))
+    _dvc(repo, "repro", "--single-item", "config")
+    assert {stage for stage, what in _changes(repo).items() if "changed command" in what} == {
+        "download", "embed", "train", "evaluate"}  # --profile clip
+    for out in PIPELINE_OUTS:
+        (repo / out).mkdir(parents=True)
+        (repo / out / "stand-in").write_text(out)
+    _dvc(repo, "commit", "--force", "--quiet")
+    assert _changes(repo) == {}
+    # ...then a value clip inherits from tiny reruns exactly its readers...
+    assert after(lambda p: p["profiles"]["tiny"]["text"].update(max_tokens=64)) == {
+        "embed": [f"{RESOLVED}:text modified"], "train": [f"{RESOLVED}:text modified"]}
+    _dvc(repo, "commit", "--force", "--quiet")
+    assert after(lambda p: p["profiles"]["tiny"]["train"].update(epochs=2)) == {
+        "train": [f"{RESOLVED}:train modified"]}
+    _dvc(repo, "commit", "--force", "--quiet")
+    # ...while a value clip overrides, and another profile's, rerun nothing but `config`.
+    assert after(lambda p: p["profiles"]["tiny"]["text"].update(mode="clip")) == {}
+    assert after(lambda p: p["profiles"]["paper"]["train"].update(epochs=1)) == {}
 
 
 @pytest.mark.slow
@@ -88,7 +209,7 @@ def test_repro_push_then_pull_into_a_fresh_clone_restores_identical_data(dvc_rep
     assert lock["stages"]["download"]["outs"][0]["md5"].endswith(".dir")
     assert _up_to_date(dvc_repo, "download")
     _dvc(dvc_repo, "push")
-    _git(dvc_repo, "add", "dvc.lock", "data/pipeline/.gitignore")
+    _git(dvc_repo, "add", "dvc.lock", RESOLVED, "data/pipeline/.gitignore")
     _git(dvc_repo, "commit", "-qm", "data")
 
     clone = tmp_path / "clone"

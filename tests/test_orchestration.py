@@ -6,6 +6,7 @@ import pytest
 from dagster import (
     AssetKey,
     DagsterInstance,
+    DefaultSensorStatus,
     SensorResult,
     SkipReason,
     build_schedule_context,
@@ -36,9 +37,27 @@ def test_one_definitions_object_with_the_whole_graph():
             ("flame_model", "training_loss_decreased"), ("evaluation", "evaluation_above_chance")} <= checks
     blocking = {k.name for k in graph.asset_check_keys if graph.get_check_spec(k).blocking}
     assert {"download_success_rate", "embeddings_valid", "training_loss_decreased", "evaluation_above_chance"} <= blocking
-    assert {j.name for j in defs.resolve_all_job_defs()} >= {"ingest_data_shard", "train_evaluate_register"}
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"ingest_data_shard", "train_evaluate_register",
+                                                              "promote", "rollback"}
     assert defs.resolve_schedule_def("retrain").cron_schedule == load_config().orchestration.retrain_cron
-    assert defs.resolve_sensor_def("new_manifest") is not None
+    assert defs.resolve_sensor_def("new_manifest").default_status == DefaultSensorStatus.RUNNING
+    assert defs.resolve_sensor_def("retrain_on_new_data").default_status == DefaultSensorStatus.RUNNING
+    # Declarative automation drives the model assets only; the data assets follow the sensor.
+    automated = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
+    assert automated == {"flame_model", "evaluation", "registered_model"}
+    assert graph.get(AssetKey("caption_embeddings")).pools == {"flame-llm"}
+    assert graph.get(AssetKey("flame_model")).pools == {"flame-train"}
+    retry = graph.get(AssetKey("image_shards")).assets_def.op.retry_policy
+    assert retry.max_retries == load_config().orchestration.download_retries
+    versions = {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()}
+    assert all(len(v) == 12 for v in versions.values()), versions
+    # The Launchpad's run config, scaffolded with the profile's values.
+    profile = load_config()
+    defaults = {name: {field: spec.default_value for field, spec in
+                       graph.get(AssetKey(name)).assets_def.op.config_schema.config_type.fields.items()}
+                for name in ("flame_model", "evaluation")}
+    assert defaults == {"flame_model": {"epochs": profile.train.epochs, "seed": profile.train.seed},
+                        "evaluation": {"benchmarks": profile.eval.benchmarks}}
 
 
 def test_data_shards_cut_manifests_into_partition_keys(orchestration_env):
@@ -65,29 +84,40 @@ def test_manifests_with_the_same_name_are_refused(orchestration_env):
         discover_chunks(config)
 
 
-def test_schedule_tick_requests_a_training_run(orchestration_env):
-    from orchestration.automation import retrain_schedule
+def test_schedule_tick_without_data_skips_and_says_why(orchestration_env):
+    from orchestration.schedules import retrain_schedule
 
     config = orchestration_env["resources"]["flame_config"].load()
     schedule = retrain_schedule(config)
     assert schedule.cron_schedule == "15 4 * * *"  # the test profile's orchestration.retrain_cron
-    with DagsterInstance.ephemeral() as instance:
-        requests = schedule.evaluate_tick(build_schedule_context(instance=instance)).run_requests
-    assert len(requests) == 1
-    assert requests[0].job_name in (None, "train_evaluate_register")
-
-
-def test_sensor_turns_a_new_manifest_into_partitions_and_ingest_runs(orchestration_env):
-    from orchestration.partitions import DATA_SHARDS
-    from orchestration.automation import new_manifest_sensor
-
     resources = {"flame_config": orchestration_env["resources"]["flame_config"]}
+    with DagsterInstance.get() as instance:  # DAGSTER_HOME in tmp_path: an empty instance
+        tick = schedule.evaluate_tick(build_schedule_context(instance=instance, resources=resources))
+    assert not tick.run_requests
+    assert "cannot train yet: no data shards registered" in tick.skip_message
+
+
+def test_sensor_registers_configured_shards_then_turns_a_new_manifest_into_ingest_runs(orchestration_env):
+    from orchestration.partitions import DATA_SHARDS
+    from orchestration.sensors import new_manifest_sensor
+
+    flame_config = orchestration_env["resources"]["flame_config"]
+    new_manifest = new_manifest_sensor(flame_config.load())
+    resources = {"flame_config": flame_config}
     with DagsterInstance.ephemeral() as instance:
-        empty = new_manifest_sensor(build_sensor_context(instance=instance, resources=resources))
+        # A fresh instance: the first tick registers the configured manifest's shards (no runs:
+        # the user materialises them) and writes the pool limits.
+        first = new_manifest(build_sensor_context(instance=instance, resources=resources))
+        assert isinstance(first, SensorResult) and not first.run_requests
+        assert list(first.dynamic_partitions_requests[0].partition_keys) == ["slice-00000", "slice-00001"]
+        limits = {p: instance.event_log_storage.get_concurrency_info(p).slot_count for p in ("flame-llm", "flame-train")}
+        assert limits == {"flame-llm": 1, "flame-train": 1}
+        instance.add_dynamic_partitions(DATA_SHARDS.name, ["slice-00000", "slice-00001"])
+        empty = new_manifest(build_sensor_context(instance=instance, resources=resources, cursor=first.cursor))
         assert isinstance(empty, SkipReason)
 
         landed = write_slice(orchestration_env["incoming"] / "batch2.jsonl", 100, 20)
-        result = new_manifest_sensor(build_sensor_context(instance=instance, resources=resources))
+        result = new_manifest(build_sensor_context(instance=instance, resources=resources))
         assert isinstance(result, SensorResult)
         (added,) = result.dynamic_partitions_requests
         assert added.partitions_def_name == DATA_SHARDS.name
@@ -96,13 +126,13 @@ def test_sensor_turns_a_new_manifest_into_partitions_and_ingest_runs(orchestrati
             ("ingest_data_shard", "batch2-00000"), ("ingest_data_shard", "batch2-00001")]
         instance.add_dynamic_partitions(DATA_SHARDS.name, list(added.partition_keys))
 
-        # Same files, cursor carried over: nothing new, and no embeddings yet, so no training either.
-        again = new_manifest_sensor(build_sensor_context(instance=instance, cursor=result.cursor, resources=resources))
+        # Same files, cursor carried over: nothing new.
+        again = new_manifest(build_sensor_context(instance=instance, cursor=result.cursor, resources=resources))
         assert isinstance(again, SkipReason)
 
         # The manifest changes: its shards are re-ingested under new run keys, no new partitions.
         landed.write_text(landed.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
-        changed = new_manifest_sensor(build_sensor_context(instance=instance, cursor=result.cursor, resources=resources))
+        changed = new_manifest(build_sensor_context(instance=instance, cursor=result.cursor, resources=resources))
         assert not changed.dynamic_partitions_requests or not list(changed.dynamic_partitions_requests[0].partition_keys)
         assert [r.partition_key for r in changed.run_requests] == ["batch2-00000"]
         assert changed.run_requests[0].run_key != result.run_requests[0].run_key
@@ -154,3 +184,15 @@ def test_evaluation_chance_pairs():
 
     metrics = {"b/mean_recall@5": 0.3, "b/chance_mean_recall@5": 0.05, "b/other": 1.0}
     assert chance_pairs(metrics) == {"b/mean_recall@5": (0.3, 0.05)}
+
+
+def test_a_checkpoint_folder_has_one_writer_at_a_time(tmp_path):
+    from orchestration.training_set import exclusive
+
+    lock = tmp_path / "models" / "abc.lock"
+    with exclusive(lock, "run first", "checkpoint folder abc"):
+        with pytest.raises(FlameError, match="checkpoint folder abc is in use by run first"):
+            with exclusive(lock, "run second", "checkpoint folder abc"):
+                pass
+    with exclusive(lock, "run second", "checkpoint folder abc"):  # free again once the first is done
+        assert lock.read_text(encoding="utf-8") == "run second"

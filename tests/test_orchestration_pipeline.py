@@ -4,6 +4,7 @@ and a re-run (the demo's code path) that continues from them."""
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +12,10 @@ from PIL import Image
 from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, materialize
 
 from orchestration import demo
-from orchestration.automation import INGEST_ASSETS, MODEL_ASSETS, training_due
 from orchestration.checks import ALL_CHECKS
 from orchestration.definitions import pipeline_assets
+from orchestration.jobs import INGEST_ASSETS, MODEL_ASSETS
+from orchestration.schedules import nothing_new
 from orchestration.partitions import DATA_SHARDS, discover_chunks
 from orchestration.resources import MlflowResource
 from tests.fixtures.orchestration import SAMPLE
@@ -66,8 +68,10 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
         store = EmbeddingStore.open(_meta(instance, "caption_embeddings")["store"])
         assert store.shards() == keys and store.validate()["samples"] == 32
 
-        # The new-data sensor now asks for a training run: all shards embedded, no model yet.
-        assert training_due(instance) is not None
+        # All shards embedded, no model yet: the retrain schedule would train.
+        assert nothing_new(instance, config) is None
+        # A stray tar in the shards folder that no registered data shard names is never read.
+        (storage / "shards" / "stray-00000.tar").write_bytes(shards[keys[0]].read_bytes())
 
         # Training refused up front: the tracking server is unreachable. Nothing is trained,
         # and the data assets stay as they were.
@@ -102,8 +106,15 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
             record = instance.get_latest_asset_check_evaluation_record(AssetCheckKey(AssetKey(asset_key), check))
             assert record.evaluation.passed, (asset_key, check)
 
-        assert training_due(instance) is None  # the model is newer than its data
         trained = _meta(instance, "flame_model")
+        # The schedule now skips: the same data and configuration are registered already.
+        assert f"training {trained['training_id']}" in nothing_new(instance, config)
+        assert trained["data_shards"] == keys
+        # What the UI shows: the loss curve inline, the MLflow run as a link.
+        assert trained["loss_plot"].startswith("**training loss per epoch**\n\n![") and "(data:image/png;base64," in trained["loss_plot"]
+        assert trained["mlflow_run"].startswith("http://127.0.0.1:5000/#/experiments/")
+        linked = sorted(p.name for p in (Path(trained["training_set"]) / "shards").iterdir())
+        assert linked == [f"{k}.tar" for k in keys]  # not the stray one
         model = flame.model.load(trained["checkpoint"])
         image = Image.open(SAMPLE / "images" / "1000268201_693b08cb0e.jpg").convert("RGB")
         with torch.no_grad():
@@ -113,9 +124,12 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
         scored = _meta(instance, "evaluation")
         gate = config.registry.gate_metric
         assert 0.0 <= scored["metrics"][gate] <= 1.0
+        plots = {k: v for k, v in scored.items() if k.startswith("plot ")}
+        assert plots and all("(data:image/png;base64," in v and len(v) < 250_000 for v in plots.values())
 
         registered = _meta(instance, "registered_model")
         assert registered["version"] == 1 and registered["decision"] == "first-version"
+        assert registered["model_version"].endswith(f"/#/models/{config.registry.model_name}/versions/1")
         assert summary["checkpoint"] == trained["checkpoint"] and summary["version"] == 1
         assert sorted(summary["aliases"]) == ["challenger", "champion"]
         assert summary["metrics"][gate] == scored["metrics"][gate]
@@ -126,5 +140,12 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
         assert version.run_id == run.info.run_id
         assert run.data.params["train.epochs"] == "20"
         # Data versions: the storage root here is outside the repository, so DVC says so.
-        assert run.data.tags["git.commit"] and str(storage / "shards") in run.data.tags["dvc.unversioned"]
+        assert run.data.tags["git.commit"] and trained["training_set"] in run.data.tags["dvc.unversioned"]
+        assert run.data.tags["flame.training_id"] == trained["training_id"]
         assert any(name.startswith("sample-dev-retrieval/") for name in run.data.metrics)
+
+        # Registering the same training again registers nothing.
+        again = materialize(assets, instance=instance, resources=resources,
+                            selection=AssetSelection.assets("registered_model"))
+        assert again.success and _meta(instance, "registered_model")["decision"] == "already-registered"
+        assert [str(v.version) for v in client.search_model_versions(f"name='{config.registry.model_name}'")] == ["1"]

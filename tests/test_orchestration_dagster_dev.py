@@ -1,0 +1,236 @@
+"""The pipeline as its users work it, against a real ``dagster dev`` (webserver + daemon) on a
+fresh ``DAGSTER_HOME``, ``FLAME_STORAGE_ROOT`` and ``MLFLOW_TRACKING_URI``:
+
+1. the configured data shards become known by themselves (the new_manifest sensor's first tick);
+2. "Materialize all" (one asset backfill of every asset over all partitions, through the
+   webserver's GraphQL API, as the UI sends it) runs the whole chain to a registered model;
+3. a dry run of the ``retrain`` schedule right after returns a skip that says why;
+4. a manifest dropped into the incoming folder is ingested by the sensor (two data shards,
+   two runs at once, whose LLM steps never overlap: the flame-llm pool), then the
+   declarative automation retrains, evaluates and gates the new model against the champion.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.orchestration import write_slice
+from tests.fixtures.tracking import free_port
+
+pytestmark = pytest.mark.slow
+
+PIPELINE = ["manifest", "image_shards", "caption_embeddings", "flame_model", "evaluation", "registered_model"]
+BACKFILL = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on InvalidSubsetError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+BACKFILL_STATUS = """
+query Status($id: String!) {
+  partitionBackfillOrError(backfillId: $id) { __typename ... on PartitionBackfill { status } }
+}"""
+LOCATIONS = """{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"""
+DRY_RUN = """
+mutation DryRun($selector: ScheduleSelector!, $timestamp: Float) {
+  scheduleDryRun(selectorData: $selector, timestamp: $timestamp) {
+    __typename
+    ... on DryRunInstigationTick { evaluationResult { skipReason runRequests { runKey } error { message } } }
+    ... on PythonError { message }
+  }
+}"""
+LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}"""
+RUN_STATUS = """query Status($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }"""
+BACKFILL_DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        out = json.loads(response.read())
+    assert "errors" not in out, out
+    return out["data"]
+
+
+def wait_for(what: str, check, timeout: float, log: Path, every: float = 2.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n--- dagster dev log ---\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture
+def fresh(orchestration_env, tmp_path, monkeypatch):
+    """A fresh Dagster home (no dagster.yaml), storage root and MLflow store, named only by the
+    three environment variables; sensors tick every second, automation every 5 s."""
+    from tests.fixtures.orchestration import TEST_PROFILE, write_params
+
+    env = orchestration_env
+    params = write_params(tmp_path / "params-dev.yaml", [env["manifest"]], env["incoming"],
+                          tmp_path / "profile-storage-unused", "sqlite:///unused.db",
+                          extra={"orchestration": {"sensor_interval_s": 1, "automation_interval_s": 5,
+                                                   "download_retries": 0}})
+    home, storage = tmp_path / "fresh_home", tmp_path / "fresh_storage"
+    home.mkdir()
+    tracking_uri = f"sqlite:///{tmp_path / 'fresh_mlflow.db'}"
+    for name, value in {"DAGSTER_HOME": home, "FLAME_STORAGE_ROOT": storage, "MLFLOW_TRACKING_URI": tracking_uri,
+                        "FLAME_CONFIG": params, "FLAME_PROFILE": TEST_PROFILE}.items():
+        monkeypatch.setenv(name, str(value))
+    return {**env, "home": home, "storage": storage, "tracking_uri": tracking_uri, "params": params}
+
+
+@pytest.fixture
+def dagster_dev(fresh):
+    port = free_port()
+    log = fresh["tmp"] / "dagster-dev.log"
+    bin_dir = Path(sys.executable).parent
+    environment = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(bin_dir / "dagster"), "dev", "-m", "orchestration.definitions",
+                                 "-h", "127.0.0.1", "-p", str(port)],
+                                env=environment, stdout=out, stderr=subprocess.STDOUT, cwd=str(fresh["tmp"]),
+                                start_new_session=True)
+    try:
+        def up():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5):
+                    return True
+            except OSError:
+                assert proc.poll() is None, log.read_text()[-4000:]
+                return False
+
+        wait_for("the webserver", up, 180, log)
+        yield {"port": port, "log": log}
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(timeout=10)
+
+
+def run_job(port: int, repo: dict, job: str, run_config: dict, log: Path) -> str:
+    """Launch ``job`` through GraphQL (as the Launchpad does) and wait for its final status."""
+    params = {"selector": {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"],
+                           "jobName": job}, "runConfigData": run_config}
+    launched = graphql(port, LAUNCH, {"params": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    return wait_for(f"run {job}", lambda: (s := graphql(port, RUN_STATUS, {"id": run_id})["runOrError"]["status"])
+                    in ("SUCCESS", "FAILURE", "CANCELED") and s, 300, log)
+
+
+def _materializations(instance, key: str) -> list:
+    from dagster import AssetKey, AssetRecordsFilter
+
+    return instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(key)), limit=100).records
+
+
+def _step_windows(instance, run_id: str, step: str) -> tuple[float, float]:
+    from dagster import DagsterEventType
+
+    events = instance.all_logs(run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS})
+    times = {e.dagster_event.event_type_value: e.timestamp for e in events if e.step_key == step}
+    return times["STEP_START"], times["STEP_SUCCESS"]
+
+
+def _registry(tracking_uri: str, name: str) -> dict:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    versions = [client.get_model_version(name, v.version) for v in client.search_model_versions(f"name='{name}'")]
+    return {str(v.version): {"aliases": sorted(v.aliases), "tags": dict(v.tags)} for v in versions}
+
+
+def test_fresh_instance_materialize_all_then_skip_then_retrain_on_new_data(fresh, dagster_dev):
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    from flame.config import load_config
+    from orchestration.partitions import DATA_SHARDS
+
+    port, log = dagster_dev["port"], dagster_dev["log"]
+    config = load_config(fresh["params"], fresh["profile"])
+    model_name = config.registry.model_name
+    with DagsterInstance.get() as instance:  # the fresh DAGSTER_HOME dagster dev runs on
+        # 1. Nobody registered anything: the sensor's first tick does.
+        keys = wait_for("the configured data shards", lambda: instance.get_dynamic_partitions(DATA_SHARDS.name), 120, log)
+        assert sorted(keys) == ["slice-00000", "slice-00001"]
+
+        # 2. "Materialize all": one backfill of every asset over all partitions.
+        launched = graphql(port, BACKFILL, {"params": {
+            "assetSelection": [{"path": [key]} for key in PIPELINE], "allPartitions": True}})["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        status = wait_for("the backfill", lambda: (s := graphql(port, BACKFILL_STATUS, {"id": launched["backfillId"]})
+                                                   ["partitionBackfillOrError"]["status"]) in BACKFILL_DONE and s,
+                          900, log, every=5)
+        assert status in ("COMPLETED", "COMPLETED_SUCCESS"), status
+        for key in PIPELINE:
+            assert _materializations(instance, key), key
+        registry = _registry(fresh["tracking_uri"], model_name)
+        assert registry["1"]["aliases"] == ["challenger", "champion"]
+        assert (fresh["storage"] / "shards" / "slice-00000.tar").is_file()  # FLAME_STORAGE_ROOT, not the profile's
+
+        # 3. Nothing new since: the schedule's dry run skips, and says why.
+        (repo,) = graphql(port, LOCATIONS)["repositoriesOrError"]["nodes"]
+        selector = {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"],
+                    "scheduleName": "retrain"}
+        tick = graphql(port, DRY_RUN, {"selector": selector, "timestamp": time.time()})["scheduleDryRun"]
+        assert tick["__typename"] == "DryRunInstigationTick", tick
+        result = tick["evaluationResult"]
+        assert not result["runRequests"] and result["error"] is None, result
+        assert "nothing new" in result["skipReason"] and "v1" in result["skipReason"], result["skipReason"]
+
+        # 4. New data: two more data shards, ingested by the sensor, then retrained by automation.
+        write_slice(fresh["incoming"] / "batch2.jsonl", 40, 20, split="dev")
+        wait_for("the retrained model's registration", lambda: len(_materializations(instance, "registered_model")) >= 2,
+                 900, log, every=5)
+        ingest = instance.get_runs(RunsFilter(job_name="ingest_data_shard", tags={"flame/manifest": str(fresh["incoming"] / "batch2.jsonl")}))
+        assert len(ingest) == 2 and all(r.status == DagsterRunStatus.SUCCESS for r in ingest)
+        # The two ingest runs ran at once, but their LLM steps one after the other (pool flame-llm, limit 1).
+        runs = [(instance.get_run_record_by_id(r.run_id).start_time, instance.get_run_record_by_id(r.run_id).end_time)
+                for r in ingest]
+        assert max(s for s, _ in runs) < min(e for _, e in runs), runs
+        (a_start, a_end), (b_start, b_end) = sorted(_step_windows(instance, r.run_id, "caption_embeddings") for r in ingest)
+        assert a_end <= b_start, ((a_start, a_end), (b_start, b_end))
+
+        assert sorted(instance.get_dynamic_partitions(DATA_SHARDS.name)) == [
+            "batch2-00000", "batch2-00001", "slice-00000", "slice-00001"]
+        trained = _materializations(instance, "flame_model")[0].event_log_entry.asset_materialization.metadata
+        assert trained["data_shards"].value == ["batch2-00000", "batch2-00001", "slice-00000", "slice-00001"]
+        registry = _registry(fresh["tracking_uri"], model_name)
+        tags = registry["2"]["tags"]
+        print("gate decision tags of v2:", json.dumps({k: v for k, v in sorted(tags.items()) if k.startswith("flame.")}, indent=1))
+        assert tags["flame.decision"] in ("promoted", "rejected")
+        assert ("champion" in registry["2"]["aliases"]) == (tags["flame.decision"] == "promoted")
+        assert tags["flame.eval_set"] == registry["1"]["tags"]["flame.eval_set"]
+
+        # 5. The registry's own jobs, from the Launchpad: force v2 to champion, then roll back.
+        assert run_job(port, repo, "promote", {"ops": {"promote_champion": {"config": {"version": 2}}}}, log) == "SUCCESS"
+        assert "champion" in _registry(fresh["tracking_uri"], model_name)["2"]["aliases"]
+        assert run_job(port, repo, "rollback", {}, log) == "SUCCESS"
+        registry = _registry(fresh["tracking_uri"], model_name)
+        assert "champion" in registry["1"]["aliases"] and "champion" not in registry["2"]["aliases"]
