@@ -36,14 +36,6 @@ def new_configured_keys(instance, config: FlameConfig) -> list[str]:
     return [c.key for c in discover_chunks(config, base_manifests(config)) if c.key not in known]
 
 
-def register_configured_shards(instance, config: FlameConfig) -> list[str]:
-    """Add the configured manifests' data shards to ``instance``; returns the new keys."""
-    keys = new_configured_keys(instance, config)
-    if keys:
-        instance.add_dynamic_partitions(DATA_SHARDS.name, keys)
-    return keys
-
-
 def new_manifest_sensor(config: FlameConfig) -> SensorDefinition:
     @sensor(name="new_manifest", job=ingest_job, default_status=DefaultSensorStatus.RUNNING,
             minimum_interval_seconds=config.orchestration.sensor_interval_s,
