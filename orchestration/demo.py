@@ -50,6 +50,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     from orchestration.checks import ALL_CHECKS
     from orchestration.definitions import pipeline_assets
     from orchestration.jobs import INGEST_ASSETS, MODEL_ASSETS
+    from orchestration.lineage import latest_record, metadata_of
     from orchestration.partitions import DATA_SHARDS, discover_chunks
     from orchestration.pools import apply_pool_limits
     from orchestration.resources import build_resources
@@ -83,15 +84,12 @@ def run_demo(args: argparse.Namespace) -> dict:
     _ok(result, "train -> evaluate -> register")
     steps["train+evaluate+register"] = round(time.monotonic() - t, 1)
 
-    def meta(key: str) -> dict:
-        event = instance.get_latest_materialization_event(AssetKey(key))
-        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
-
     durations = {}
     for record in result.all_events:
         if record.event_type_value == "STEP_SUCCESS":
             durations[record.step_key] = round(record.event_specific_data.duration_ms / 1000, 1)
-    model, scored, registered = meta("flame_model"), meta("evaluation"), meta("registered_model")
+    model, scored, registered = (metadata_of(latest_record(instance, key))
+                                 for key in ("flame_model", "evaluation", "registered_model"))
     storage_root = resources["storage"].base(config)
     tracking_uri = resources["mlflow"].uri(config)
     return {

@@ -8,7 +8,6 @@ therefore add new keys, and only those get downloaded and embedded.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from dagster import DynamicPartitionsDefinition
 from flame.config import FlameConfig
 from flame.data.manifest import read_rows
 from flame.errors import FlameError
+from flame.files import sha256_file
 from orchestration.resources import base_manifests, incoming_dir
 
 DATA_SHARDS = DynamicPartitionsDefinition(name="data_shards")
@@ -38,7 +38,7 @@ def manifest_stem(path: Path) -> str:
 
 
 def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return sha256_file(path)[:16]
 
 
 def incoming_manifests(config: FlameConfig) -> list[Path]:

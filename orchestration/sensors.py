@@ -30,9 +30,8 @@ from orchestration.pools import apply_pool_limits
 from orchestration.resources import FlameConfigResource, base_manifests
 
 
-def new_configured_keys(instance, config: FlameConfig) -> list[str]:
-    """Data shards of ``orchestration.manifests`` the instance does not know yet."""
-    known = set(instance.get_dynamic_partitions(DATA_SHARDS.name))
+def new_configured_keys(known: set[str], config: FlameConfig) -> list[str]:
+    """Data shards of ``orchestration.manifests`` not among the ``known`` ones."""
     return [c.key for c in discover_chunks(config, base_manifests(config)) if c.key not in known]
 
 
@@ -46,7 +45,7 @@ def new_manifest_sensor(config: FlameConfig) -> SensorDefinition:
         instance = context.instance
         apply_pool_limits(instance, settings)
         known = set(instance.get_dynamic_partitions(DATA_SHARDS.name))
-        new_keys = new_configured_keys(instance, settings)
+        new_keys = new_configured_keys(known, settings)
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         landed = incoming_manifests(settings)
         current = {str(p): file_digest(p) for p in landed}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from flame.config import FlameConfig
 from flame.errors import FlameError
+from flame.files import link_or_copy
 from orchestration.lineage import latest_record, metadata_of
 from orchestration.partitions import DATA_SHARDS
 
@@ -38,7 +39,9 @@ class TrainingSet:
 
 def text_config_digest(config: FlameConfig) -> str:
     """What caption_embeddings records, so training can tell embeddings of another text config."""
-    return hashlib.sha256(json.dumps(config.text.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    from flame.text.store import fingerprint_of
+
+    return fingerprint_of(config.text.model_dump(mode="json"))
 
 
 def training_inputs(instance, config: FlameConfig) -> list[ShardInput]:
@@ -85,14 +88,6 @@ def training_fingerprint(config: FlameConfig, inputs: list[ShardInput]) -> str:
     return digest.hexdigest()[:12]
 
 
-def _link(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def link_training_set(inputs: list[ShardInput], root: Path) -> TrainingSet:
     """``root/shards/<key>.tar`` and ``root/embeddings/<store>/`` for exactly ``inputs``; built
     aside and renamed into place, and reused when it exists (its name is the training id)."""
@@ -108,11 +103,14 @@ def link_training_set(inputs: list[ShardInput], root: Path) -> TrainingSet:
         return final
     building = root.with_name(f".{root.name}.building-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
+    (building / "shards").mkdir(parents=True)
+    (building / "embeddings" / fingerprint).mkdir(parents=True)
+    stores = {path: EmbeddingStore.open(path) for path in {i.store for i in inputs}}
     for item in inputs:
-        store = EmbeddingStore.open(item.store)
-        _link(item.shard, building / "shards" / f"{item.key}.tar")
-        _link(store.shard_path(item.key), building / "embeddings" / fingerprint / store.shard_path(item.key).name)
-    shutil.copyfile(EmbeddingStore.open(inputs[0].store).path / META_FILE, building / "embeddings" / fingerprint / META_FILE)
+        embedded = stores[item.store].shard_path(item.key)
+        link_or_copy(item.shard, building / "shards" / f"{item.key}.tar")
+        link_or_copy(embedded, building / "embeddings" / fingerprint / embedded.name)
+    shutil.copyfile(stores[inputs[0].store].path / META_FILE, building / "embeddings" / fingerprint / META_FILE)
     os.replace(building, root)
     return final
 

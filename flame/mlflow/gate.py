@@ -21,14 +21,13 @@ from typing import Any
 
 from flame.config import FlameConfig
 from flame.errors import FlameError
+from flame.mlflow.pyfunc import CHECKPOINT_ARTIFACT
 from flame.mlflow.store import connect, using_tracking_uri
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 LOCK_STALE_S = 120.0
 HISTORY_KEPT = 500
-# The pyfunc artifact key of the checkpoint (flame.mlflow.pyfunc.log_flame_model).
-CHECKPOINT_ARTIFACT = "checkpoint"
 
 # Version tags.
 TAG_TRAINING_ID = "flame.training_id"

@@ -19,7 +19,6 @@ import base64
 import binascii
 import io
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,6 +31,7 @@ from flame.checkpoint import STATE_FILE, WEIGHTS_FILE, read_model_config
 from flame.config import RAW_FACET_SET, FlameConfig
 from flame.data.images import ImageReadError, read_image
 from flame.errors import FlameError
+from flame.files import link_or_copy
 from flame.mlflow.store import connect, experiment_name, using_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -95,21 +95,13 @@ def model_metadata(checkpoint_config: dict) -> dict[str, Any]:
     return metadata
 
 
-def _link_or_copy(src: str, dst: str) -> str:
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system, or links refused
-        shutil.copy2(src, dst)
-    return dst
-
-
 def stage_checkpoint(checkpoint_dir: Path, staging: Path) -> Path:
     """The checkpoint's files in ``staging/checkpoint``: the artifact is found at
     ``<model>/artifacts/checkpoint`` whatever the training folder was called. The train state
     (optimizer, RNG) only resumes a training and is left out."""
     target = staging / CHECKPOINT_ARTIFACT
     shutil.copytree(checkpoint_dir, target, ignore=shutil.ignore_patterns(STATE_FILE, "__pycache__"),
-                    copy_function=_link_or_copy)
+                    copy_function=link_or_copy)
     return target
 
 

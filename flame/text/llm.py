@@ -25,6 +25,7 @@ import torch
 from flame.cache import cache_dir as flame_cache_dir
 from flame.device import default_device, has_fast_bf16
 from flame.errors import FlameError
+from flame.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,6 @@ class LoadedLLM:
     device: torch.device
     load_seconds: float
     from_cache: bool
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _sampled_file_hash(path: Path, sample: int = 1 << 20) -> str:

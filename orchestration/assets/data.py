@@ -6,9 +6,6 @@ The embedding step holds a slot of the ``flame-llm`` pool, so one LLM loads at a
 """
 
 
-import hashlib
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from dagster import (
 from flame.atomic import atomic_path
 from flame.config import FlameConfig
 from flame.errors import FlameError
+from flame.files import link_or_copy, sha256_file
 from orchestration.code_versions import code_version
 from orchestration.lineage import upstream
 from orchestration.metadata import md_table
@@ -43,22 +41,11 @@ def data_asset(**kwargs):
     return asset(partitions_def=DATA_SHARDS, group_name=DATA_GROUP, **kwargs)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
+def _publish(src: Path, dst: Path) -> None:
     """Publish ``src`` at ``dst`` atomically (hard link when the filesystem allows)."""
     with atomic_path(dst, suffix=dst.suffix) as tmp:
         tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
+        link_or_copy(src, tmp)
 
 
 @data_asset(kinds={"json"}, code_version=code_version("flame.data.manifest"),
@@ -81,7 +68,7 @@ def manifest(context: AssetExecutionContext, flame_config: FlameConfigResource, 
             "path": MetadataValue.path(str(target)),
             "preview": MetadataValue.md(md_table([{"url": r["url"], "caption": r["caption"]} for r in checked.rows[:5]])),
         },
-        data_version=DataVersion(hashlib.sha256(target.read_bytes()).hexdigest()[:16]),
+        data_version=DataVersion(sha256_file(target)[:16]),
     )
 
 
@@ -118,12 +105,12 @@ def download_image_shard(context: AssetExecutionContext, flame_config: FlameConf
         for suffix in PUBLISHED_SUFFIXES:
             src = out / f"{name}{suffix}"
             if src.exists():
-                _link_or_copy(src, paths.shards / f"{stem}{suffix}")
+                _publish(src, paths.shards / f"{stem}{suffix}")
         published.append(str(paths.shards / f"{stem}.tar"))
     shard = paths.shard(key)
     if not shard.is_file():
         raise FlameError(f"{shard}: img2dataset wrote no shard for {key} ({format_summary(summary)})")
-    digest = file_sha256(shard)
+    digest = sha256_file(shard)
     return MaterializeResult(
         data_version=DataVersion(digest[:16]),
         metadata={
