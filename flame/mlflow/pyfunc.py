@@ -32,7 +32,7 @@ from flame.config import RAW_FACET_SET, FlameConfig
 from flame.data.images import ImageReadError, read_image
 from flame.errors import FlameError
 from flame.files import link_or_copy
-from flame.mlflow.store import connect, experiment_name, using_tracking_uri
+from flame.mlflow.store import connect, experiment_name, get_or_create_experiment, using_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +215,10 @@ def log_flame_model(config: FlameConfig, checkpoint_dir: str | Path, run_id: str
     uri = tracking_uri or config.tracking.tracking_uri
     client = connect(config, uri)
     was_running = run_id is not None and client.get_run(run_id).info.status == "RUNNING"
+    if run_id is None:  # a run of its own, made without touching MLflow's process-wide active experiment
+        run_id = client.create_run(get_or_create_experiment(client, experiment_name(config))).info.run_id
     with using_tracking_uri(uri), tempfile.TemporaryDirectory(prefix="flame-model-") as tmp:
         staging = Path(tmp)
-        if run_id is None:
-            mlflow.set_experiment(experiment_name(config))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name=name,
