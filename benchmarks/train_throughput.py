@@ -69,12 +69,14 @@ def write_sample_shards(directory: Path, count: int, per_shard: int) -> list[str
 
 def write_random_store(root: Path, shards: Path, k: int) -> Path:
     from flame.data.shards import iter_shard, list_shards, shard_name
+    from flame.files import sha256_file
 
     store = EmbeddingStore.create(root, {"K": k, "D": LLM_WIDTH, "fingerprint": "benchmark0000000",
                                          "fingerprint_inputs": {"benchmark": True}, "layout": []})
     for path in list_shards(shards):
         keys = [s.key for s in iter_shard(path, with_images=False)]
-        store.write(shard_name(path), keys, F.normalize(torch.randn(len(keys), k, LLM_WIDTH), dim=-1))
+        store.write(shard_name(path), keys, F.normalize(torch.randn(len(keys), k, LLM_WIDTH), dim=-1),
+                    input_digest=sha256_file(path))
     return store.path
 
 

@@ -89,6 +89,7 @@ class MultilingualSet:
     name: str
     images: list[str]
     languages: dict[str, tuple[list[str], list[int]]] = field(default_factory=dict)
+    skipped_rows: int = 0
 
     def for_language(self, lang: str) -> tuple[list[int], RetrievalSet]:
         """The images this language covers (indices into ``images``) and its retrieval set."""
@@ -104,7 +105,7 @@ class MultilingualSet:
             pairs = [(t, new_index[i]) for t, i in zip(texts, t2i) if i in new_index]
             if pairs:
                 languages[lang] = ([t for t, _ in pairs], [i for _, i in pairs])
-        return MultilingualSet(self.name, [self.images[i] for i in keep], languages)
+        return MultilingualSet(self.name, [self.images[i] for i in keep], languages, self.skipped_rows)
 
 
 @dataclass
@@ -114,6 +115,7 @@ class TextPairSet:
     name: str
     queries: list[str]
     targets: list[str]
+    skipped_rows: int = 0
 
 
 def read_manifest(
@@ -221,7 +223,8 @@ def load_multilingual(
     """Per language, the captions from that language's keys (see ``LANGUAGE_FIELDS``).
 
     Without ``languages``, every known language present in the manifest is used. A
-    language no row has is an error when asked for explicitly.
+    language no row has is an error when asked for explicitly. Rows without a caption in
+    any of the languages are skipped and counted in ``skipped_rows``.
     """
     fields_of = dict(LANGUAGE_FIELDS)
     fields_of.update(language_fields or {})
@@ -241,22 +244,29 @@ def load_multilingual(
             raise FlameError(f"{path}: language {lang!r}: no row has captions in the keys {list(keys)}")
     if not result.languages:
         raise FlameError(f"{path}: no captions for any of the languages {wanted}")
+    covered = sorted({i for _, t2i in result.languages.values() for i in t2i})
+    if len(covered) < len(rows):
+        result = result.subset(covered)
+        result.skipped_rows = len(rows) - len(covered)
     return result
 
 
 def load_text_pairs(path: str | Path, query_field: str, target_field: str, name: str | None = None, limit: int | None = None) -> TextPairSet:
-    """Rows holding both fields, in file order, at most ``limit``."""
+    """Rows holding both fields, in file order, at most ``limit``; rows read without both
+    are counted in ``skipped_rows``."""
     path = Path(path)
     if not path.is_file():
         raise FlameError(f"text-pair file not found: {path}")
-    queries, targets = [], []
+    queries, targets, skipped = [], [], 0
     for _, record in iter_jsonl(path):
         q, t = record.get(query_field), record.get(target_field)
         if isinstance(q, str) and isinstance(t, str) and q.strip() and t.strip():
             queries.append(q.strip())
             targets.append(t.strip())
+        else:
+            skipped += 1
         if limit and len(queries) >= limit:
             break
     if not queries:
         raise FlameError(f"{path}: no row has both {query_field!r} and {target_field!r}")
-    return TextPairSet(name or path.stem, queries, targets)
+    return TextPairSet(name or path.stem, queries, targets, skipped)

@@ -37,14 +37,14 @@ def image_encoder(model, features: str = EMBEDDING):
 
 @torch.inference_mode()
 def embed_images(model, images: Sequence[str], batch_size: int = 64, desc: str = "embedding images",
-                 features: str = EMBEDDING) -> torch.Tensor:
+                 features: str = EMBEDDING, max_pixels: int | None = None) -> torch.Tensor:
     """``[N, D]`` float32 ``features`` of the images (``model.preprocess`` + the encoder of
-    ``features``, see ``image_encoder``), L2-normalised."""
+    ``features``, see ``image_encoder``), L2-normalised; images are read with ``max_pixels``."""
     encode = image_encoder(model, features)
     chunks = []
     with tqdm(total=len(images), desc=desc, unit="img") as bar:
         for start in range(0, len(images), batch_size):
-            batch = [model.preprocess(read_image(ref)) for ref in images[start:start + batch_size]]
+            batch = [model.preprocess(read_image(ref, max_pixels)) for ref in images[start:start + batch_size]]
             emb = encode(torch.stack(batch))
             chunks.append(torch.nn.functional.normalize(emb.float(), dim=-1))
             bar.update(len(batch))

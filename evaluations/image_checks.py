@@ -21,12 +21,14 @@ class ImageCheck:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
 
 
-def check_images(images: Sequence[str], skip_missing: bool = False, what: str = "evaluation") -> ImageCheck:
-    """Decode each image once. Failures raise a ``FlameError`` listing them, unless ``skip_missing``."""
+def check_images(images: Sequence[str], skip_missing: bool = False, what: str = "evaluation",
+                 max_pixels: int | None = None) -> ImageCheck:
+    """Decode each image once (larger than ``max_pixels``: unreadable). Failures raise a
+    ``FlameError`` listing them, unless ``skip_missing``."""
     result = ImageCheck()
     for i, ref in enumerate(tqdm(images, desc=f"checking {what} images", unit="img", leave=False)):
         try:
-            read_image(ref)
+            read_image(ref, max_pixels)
         except OSError as exc:
             result.failed.append((ref, str(exc)))
         else:

@@ -42,7 +42,7 @@ def _chance_of(key: str, metrics: dict[str, float]) -> float | None:
     return metrics.get(f"chance_{key}")
 
 
-def retrieval_grid(examples: RetrievalExamples, path: str | Path, title: str) -> Path:
+def retrieval_grid(examples: RetrievalExamples, path: str | Path, title: str, max_pixels: int | None = None) -> Path:
     rows, cols = len(examples.queries), max(len(r) for r in examples.ranked_images)
     fig, axes = plt.subplots(rows, cols + 1, figsize=(2 * (cols + 1), 2 * rows), squeeze=False)
     for r, (query, ranked, correct) in enumerate(zip(examples.queries, examples.ranked_images, examples.correct)):
@@ -56,7 +56,7 @@ def retrieval_grid(examples: RetrievalExamples, path: str | Path, title: str) ->
                 ax.axis("off")
                 continue
             try:
-                ax.imshow(read_image(ranked[c]))
+                ax.imshow(read_image(ranked[c], max_pixels))
             except OSError:
                 ax.text(0.5, 0.5, "unreadable", ha="center", fontsize=7)
             hit = ranked[c] == correct

@@ -9,6 +9,7 @@ flattens every metric to ``{benchmark}/{metric}`` (the registry gate reads one o
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Iterable
 
@@ -73,32 +74,42 @@ def evaluate_dataset(
     plot_prefix: str = "",
     image_memo: dict[tuple[str, str], torch.Tensor] | None = None,
     benchmark: str | None = None,
+    max_pixels: int | None = None,
 ) -> dict:
     """Check images, score ``data`` with ``task``, draw plots into ``out_dir``; one result dict.
 
     ``image_memo`` ((features, image path) -> embedding) lets several benchmarks over the
     same images in one run embed each image once per kind of features. ``benchmark``: the
     registered benchmark this is, whose own entry in ``eval.text_protocols`` (if any)
-    overrides the task's.
+    overrides the task's. ``max_pixels``: larger images are unreadable (``image.max_pixels``).
+    Every skip (rows without text, unreadable images) is counted in ``details`` and logged
+    as one warning per kind.
     """
     config = config or EvalConfig()
     protocol = text_protocol(config, task, benchmark)
-    details: dict = {}
+    details: dict = {"skipped_rows_without_text": _skipped_rows(data)}
+    if details["skipped_rows_without_text"]:
+        log.warning("%s: skipped %d rows without text (details.skipped_rows_without_text)",
+                    name, details["skipped_rows_without_text"])
     image_emb = None
     if task in IMAGE_TASKS:
         if limit:
             data = data.subset(list(range(min(limit, len(data.images)))))
-        check = check_images(data.images, skip_missing=skip_missing, what=name)
+        check = check_images(data.images, skip_missing=skip_missing, what=name, max_pixels=max_pixels)
         if check.failed:
-            log.warning("%s: skipping %d unreadable images", name, len(check.failed))
+            log.warning("%s: skipped %d unreadable images (details.skipped_images), e.g. %s: %s",
+                        name, len(check.failed), *check.failed[0])
             data = data.subset(check.ok)
         details["skipped_images"] = len(check.failed)
         details["skipped_image_examples"] = [f"{ref}: {why}" for ref, why in check.failed[:20]]
         features = IMAGE_FEATURES.get(task, EMBEDDING)
-        image_emb = _embed_images_once(model, data.images, config.batch_size, name, image_memo, features)
+        image_emb = _embed_images_once(model, data.images, config.batch_size, name, image_memo, features, max_pixels)
+        if not torch.isfinite(image_emb).all():
+            raise FlameError(f"{name}: the model's image embeddings hold NaN/Inf; its checkpoint is likely corrupt")
     elif limit:
-        data = [ds.TextPairSet(p.name, p.queries[:limit], p.targets[:limit]) for p in data]
+        data = [ds.TextPairSet(p.name, p.queries[:limit], p.targets[:limit], p.skipped_rows) for p in data]
     output = run_task(model, task, data, config, protocol, image_emb)
+    _check_finite(output.metrics, name)
     result = {
         "dataset": name,
         "model": describe_model(model),
@@ -110,27 +121,44 @@ def evaluate_dataset(
         "plots": [],
     }
     if out_dir is not None and config.plots:
-        result["plots"] = _plots(output, name, Path(out_dir), plot_prefix)
+        result["plots"] = _plots(output, name, Path(out_dir), plot_prefix, max_pixels)
     return result
 
 
+def _skipped_rows(data) -> int:
+    """Rows the loader dropped for want of text (a list: the text-pair sets of one benchmark)."""
+    if isinstance(data, list):
+        return sum(p.skipped_rows for p in data)
+    return getattr(data, "skipped_rows", 0)
+
+
+def _check_finite(metrics: dict[str, float], name: str) -> None:
+    """A NaN result is never reported as one: the model's outputs were not finite."""
+    bad = [key for key, value in metrics.items() if not math.isfinite(value)]
+    if bad:
+        raise FlameError(f"{name}: {bad[0]} = {metrics[bad[0]]} ({len(bad)} non-finite metrics): "
+                         "the model's outputs hold NaN/Inf; its checkpoint is likely corrupt")
+
+
 def _embed_images_once(model, images: list[str], batch_size: int, name: str, memo: dict | None,
-                       features: str = EMBEDDING) -> torch.Tensor:
+                       features: str = EMBEDDING, max_pixels: int | None = None) -> torch.Tensor:
     memo = {} if memo is None else memo
     todo = list(dict.fromkeys(p for p in images if (features, p) not in memo))
     if todo:
-        for path, row in zip(todo, embed_images(model, todo, batch_size, desc=f"{name}: images", features=features)):
+        rows = embed_images(model, todo, batch_size, desc=f"{name}: images", features=features, max_pixels=max_pixels)
+        for path, row in zip(todo, rows):
             memo[features, path] = row
     return torch.stack([memo[features, p] for p in images])
 
 
-def _plots(output: TaskOutput, name: str, out_dir: Path, prefix: str) -> list[str]:
+def _plots(output: TaskOutput, name: str, out_dir: Path, prefix: str, max_pixels: int | None = None) -> list[str]:
     made = []
     bars = metric_bars(output.metrics, out_dir / f"{prefix}{name}_metrics.png", f"{name} (red: chance)")
     if bars:
         made.append(bars.name)
     if output.examples is not None:
-        made.append(retrieval_grid(output.examples, out_dir / f"{prefix}{name}_examples.png", f"{name}: top-5 images per caption").name)
+        made.append(retrieval_grid(output.examples, out_dir / f"{prefix}{name}_examples.png",
+                                   f"{name}: top-5 images per caption", max_pixels).name)
     return made
 
 
@@ -162,8 +190,9 @@ def expand_names(names: Iterable[str]) -> tuple[list[str], list[dict]]:
 def evaluate_benchmarks(model, names: Iterable[str], out_dir: str | Path | None = None, config: EvalConfig | None = None, **kwargs) -> dict:
     """Several benchmarks (``all`` = every one whose data exists): results, flat summary, skipped."""
     run, skipped = expand_names(names)
-    for s in skipped:
-        log.warning("skipping benchmark %s: %s", s["benchmark"], s["reason"])
+    if skipped:
+        log.warning("skipping %d benchmarks whose data is missing ('skipped' in the result): %s",
+                    len(skipped), ", ".join(s["benchmark"] for s in skipped))
     kwargs.setdefault("image_memo", {})
     results = [evaluate_benchmark(model, name, out_dir, config, **kwargs) for name in run]
     return {"results": results, "summary": summarize(results), "skipped": skipped}

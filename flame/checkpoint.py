@@ -3,14 +3,15 @@ and read here, so writers and readers cannot drift apart.
 
 - ``model.safetensors``: the FlameModel weights (safetensors, never pickle);
 - ``model_config.json``: how to rebuild the model, plus the training counters;
-- ``train_state.pt``: optimizer, scheduler, counters and RNG, readable with
-  ``torch.load(weights_only=True)``;
+- ``train_state.pt``: the weights again, with optimizer, scheduler, counters and RNG,
+  readable with ``torch.load(weights_only=True)``;
 - ``metrics.jsonl``, ``train_summary.json``: the training log and its summary;
 - ``loss.png``, ``mlflow_run.json``: the loss curve and the MLflow run of the folder,
   written by the orchestration's training step.
 
-Every file is written atomically. The model files come first and the train state last,
-so a folder killed between the two is recognised (their step counters differ).
+Every file is written atomically. The model files come first and the train state last; a
+resume reads only the train state, which holds everything it needs, so a run killed between
+the two writes resumes from the previous step (the model files are then one save ahead).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ LOSS_PLOT_FILE = "loss.png"
 MLFLOW_RUN_FILE = "mlflow_run.json"
 
 MODEL_FORMAT_VERSION = 1
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2
 
 
 def checkpoint_dir(path: str | Path) -> Path:
@@ -66,6 +67,8 @@ def write_model(directory: str | Path, state: dict[str, torch.Tensor], config: d
 
 def read_model_config(directory: str | Path) -> dict[str, Any]:
     directory = checkpoint_dir(directory)
+    if not directory.exists():
+        raise FlameError(f"checkpoint folder not found: {directory}")
     for needed in (directory / CONFIG_FILE, directory / WEIGHTS_FILE):
         if not needed.exists():
             raise FlameError(f"not a FLAME checkpoint: {needed} is missing")
@@ -81,11 +84,21 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
 
 
 def read_model_weights(directory: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The weights; refuses a file with any NaN or infinite value, naming the first such tensor."""
     path = checkpoint_dir(directory) / WEIGHTS_FILE
     try:
-        return load_file(str(path), device=str(device))
+        state = load_file(str(path), device=str(device))
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise FlameError(f"{path}: not a readable safetensors file ({exc})") from None
+    return check_finite(state, path)
+
+
+def check_finite(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    for name, tensor in state.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not torch.isfinite(tensor).all():
+            raise FlameError(f"{path}: tensor {name!r} holds NaN/Inf values; the checkpoint is corrupt "
+                             "(a diverged or damaged training): use an earlier checkpoint or train again")
+    return state
 
 
 # ---- the training state -------------------------------------------------------------------
@@ -109,15 +122,15 @@ def save_checkpoint(directory: str | Path, model, train_state: dict[str, Any]) -
     directory = Path(directory)
     counters = {"trained_steps": train_state["step"], "trained_epochs": train_state["epoch"]}
     model.save(directory, extra={**counters, "embedding_store": train_state.get("store_fingerprint")})
-    state = {"format_version": STATE_FORMAT_VERSION, **train_state, "rng": rng_state()}
+    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state = {"format_version": STATE_FORMAT_VERSION, **train_state, "model": weights, "rng": rng_state()}
     with atomic_path(directory / STATE_FILE, suffix=".pt") as tmp:
         torch.save(state, tmp)
     return directory
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any]:
-    """The train state, with the model config under ``model_config``; refuses a folder whose
-    two halves are from different steps."""
+    """The train state (weights under ``model``), with the model config under ``model_config``."""
     directory = Path(directory)
     path = directory / STATE_FILE
     try:
@@ -125,14 +138,11 @@ def load_train_state(directory: str | Path) -> dict[str, Any]:
     except Exception as exc:  # a truncated or foreign file: torch raises various types
         raise FlameError(f"{path}: unreadable train state ({exc})") from None
     if not isinstance(state, dict) or state.get("format_version") != STATE_FORMAT_VERSION:
-        raise FlameError(f"{path}: not a FLAME train state (format_version {STATE_FORMAT_VERSION} expected)")
-    model_config = read_model_config(directory)
-    if model_config.get("trained_steps") != state["step"]:
-        raise FlameError(
-            f"{directory}: {WEIGHTS_FILE} is at step {model_config.get('trained_steps')} but {STATE_FILE} at step "
-            f"{state['step']} (a save was interrupted); start again without --resume or in another --out"
-        )
-    state["model_config"] = model_config
+        found = state.get("format_version") if isinstance(state, dict) else None
+        raise FlameError(f"{path}: not a train state this flame can resume (format_version {found!r}, "
+                         f"{STATE_FORMAT_VERSION} expected); train into another --out")
+    check_finite(state["model"], path)
+    state["model_config"] = read_model_config(directory)
     return state
 
 

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         cmd.add_argument("--profile", default=None, help="configuration profile (default: params.yaml's 'profile', i.e. tiny)")
-        cmd.add_argument("--config", default=None, help="path to params.yaml (default: ./params.yaml, else the project's)")
+        cmd.add_argument("--config", default=None, help="path to params.yaml (default: ./params.yaml, else the project's); "
+                         "relative paths in it are taken relative to its folder")
         module.add_arguments(cmd)
         cmd.set_defaults(_module=module)
     return parser

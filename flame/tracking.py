@@ -6,9 +6,12 @@ Backends here: console and JSONL. ``flame.mlflow.tracker`` adds MLflow behind th
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol
+
+from flame.atomic import write_text
 
 
 class Tracker(Protocol):
@@ -34,7 +37,8 @@ class ConsoleTracker(NullTracker):
     def log_metrics(self, metrics, step=None):
         if step is None or step % self.every == 0:
             body = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-            print(f"[step {step}] {body}" if step is not None else body, flush=True)
+            # stderr, with the progress bars: stdout carries a command's result alone
+            print(f"[step {step}] {body}" if step is not None else body, file=sys.stderr, flush=True)
 
 
 class JsonlTracker(NullTracker):
@@ -54,6 +58,20 @@ class JsonlTracker(NullTracker):
 
     def log_metrics(self, metrics, step=None):
         self._write({"step": step, "metrics": metrics})
+
+    def drop_after(self, step: int) -> None:
+        """Forget the metrics of steps after ``step``, and a last line torn by a kill."""
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if (record.get("step") or 0) <= step:
+                kept.append(line + "\n")
+        write_text(self.path, "".join(kept))
 
     def set_tags(self, tags):
         self._write({"tags": tags})

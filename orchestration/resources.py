@@ -4,6 +4,10 @@
 Every value defaults from the environment so that ``dagster dev``, the demo and the
 tests point the same Definitions at different files: ``FLAME_CONFIG`` (params.yaml),
 ``FLAME_PROFILE``, ``FLAME_STORAGE_ROOT`` and ``MLFLOW_TRACKING_URI``.
+
+Relative paths: those of params.yaml are made absolute by ``load_config`` (against the
+params file's folder); a resource value or an environment variable is typed in a shell, so
+it is taken relative to the current folder.
 """
 
 from __future__ import annotations
@@ -14,12 +18,7 @@ from pathlib import Path
 from dagster import ConfigurableResource, PipesSubprocessClient
 
 from flame.config import FlameConfig, load_config, repo_root
-
-
-def _in_repo(path: str | Path) -> Path:
-    """Relative paths of params.yaml mean the project root, wherever Dagster runs from."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else repo_root() / path
+from flame.paths import normalize_tracking_uri, resolve_path
 
 
 class FlameConfigResource(ConfigurableResource):
@@ -36,24 +35,14 @@ class FlameConfigResource(ConfigurableResource):
         return Path(self.params_path or os.environ.get("FLAME_CONFIG") or repo_root() / "params.yaml").resolve()
 
 
-def absolute_tracking_uri(uri: str) -> str:
-    """``sqlite:///mlflow.db`` (relative) -> ``sqlite:////abs/repo/mlflow.db``; servers unchanged."""
-    for scheme in ("sqlite:///", "file://"):
-        if uri.startswith(scheme) and not uri.startswith(scheme + "/"):
-            return scheme + str(_in_repo(uri[len(scheme):]))
-    if "://" not in uri:
-        return str(_in_repo(uri))
-    return uri
-
-
 class MlflowResource(ConfigurableResource):
     """The MLflow tracking URI: this value, else $MLFLOW_TRACKING_URI, else config.tracking.tracking_uri."""
 
     tracking_uri: str = ""
 
     def uri(self, config: FlameConfig) -> str:
-        raw = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
-        return absolute_tracking_uri(raw)
+        typed = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        return normalize_tracking_uri(typed, Path.cwd()) if typed else config.tracking.tracking_uri
 
 
 class StorageResource(ConfigurableResource):
@@ -62,7 +51,8 @@ class StorageResource(ConfigurableResource):
     root: str = ""
 
     def base(self, config: FlameConfig) -> Path:
-        return _in_repo(self.root or os.environ.get("FLAME_STORAGE_ROOT") or config.orchestration.storage_root)
+        typed = self.root or os.environ.get("FLAME_STORAGE_ROOT")
+        return Path(resolve_path(typed, Path.cwd()) if typed else config.orchestration.storage_root)
 
     def paths(self, config: FlameConfig) -> "StoragePaths":
         return StoragePaths(self.base(config))
@@ -89,11 +79,11 @@ class StoragePaths:
 
 
 def incoming_dir(config: FlameConfig) -> Path:
-    return _in_repo(config.orchestration.incoming_dir)
+    return Path(config.orchestration.incoming_dir)
 
 
 def base_manifests(config: FlameConfig) -> list[Path]:
-    return [_in_repo(m) for m in config.orchestration.manifests]
+    return [Path(m) for m in config.orchestration.manifests]
 
 
 def definition_config() -> FlameConfig:

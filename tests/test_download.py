@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,11 +15,12 @@ import pytest
 from PIL import Image
 
 from flame import cli
+from flame.config import repo_root
 from flame.data.download import FAILURE_REASONS, SUMMARY_FILE, failure_reason
 from flame.data.manifest import load_manifest
 from flame.data.shards import iter_shard, list_shards
 from flame.errors import FlameError
-from tests.fixtures.data import SAMPLE_DIR
+from tests.fixtures.data import SAMPLE_DIR, write_manifest_slice
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -79,6 +83,20 @@ def test_missing_manifest_fails_through_cli_with_exit_2(tmp_path, capsys):
     assert cli.main(["download", "--manifest", str(missing), "--out", str(tmp_path / "out")]) == 2
     assert f"manifest not found: {missing}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_download_stdout_holds_only_the_summary(tmp_path):
+    """img2dataset's chatter (its own prints and those of its spawned worker and logger
+    processes) goes to stderr; stdout is the command's result alone."""
+    manifest = write_manifest_slice(tmp_path / "m.jsonl", 3)
+    out = tmp_path / "shards"
+    result = subprocess.run(
+        [sys.executable, "-m", "flame", "download", "--manifest", str(manifest), "--out", str(out), "--no-progress"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo_root())}, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"downloaded 3/3 images (100.0%) into 1 shards in {out}"]
 
 
 @pytest.mark.parametrize(

@@ -169,3 +169,22 @@ def test_images_by_url_from_a_local_http_server(tmp_path):
     assert check.ok == [0, 3]
     reasons = dict(check.failed)
     assert "404" in reasons[f"{base}/absent.jpg"] and "not a readable image" in reasons[f"{base}/page.html"]
+
+
+def test_rows_without_text_are_counted_for_multilingual_sets_and_text_pairs(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [
+        {"image": "a.jpg", "en": ["a dog"], "zh": ["一只狗"]},
+        {"image": "b.jpg", "en": [" "]},
+        {"image": "c.jpg", "zh": ["一只猫"]},
+    ]), encoding="utf-8")
+    multi = ds.load_multilingual(manifest)
+    assert multi.images == [str(tmp_path / "a.jpg"), str(tmp_path / "c.jpg")] and multi.skipped_rows == 1
+    assert multi.languages == {"en": (["a dog"], [0]), "zh": (["一只狗", "一只猫"], [0, 1])}
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps(r) for r in [
+        {"q": "one", "t": "uno"}, {"q": "two"}, {"q": " ", "t": "tres"}, {"q": "four", "t": "cuatro"},
+    ]), encoding="utf-8")
+    loaded = ds.load_text_pairs(pairs, "q", "t")
+    assert loaded.queries == ["one", "four"] and loaded.skipped_rows == 2

@@ -2,6 +2,7 @@
 cross-checked against the clip-benchmark package run on the same model."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from flame.model import FlameModel
 from evaluations.benchmarks import get_benchmark
 from evaluations.templates import SHORT
 from evaluations.text_cache import TextEmbeddingCache
+from tests.fixtures.huge_png import write_huge_png
 
 pytestmark = pytest.mark.slow
 
@@ -123,15 +125,23 @@ def test_long_multilingual_text_pairs_and_linear_probe(eval_model, eval_config, 
     assert t["raw_pair_recall@1"] > t["chance_raw_pair_recall@1"]
 
 
-def test_flame_evaluate_cli_all_and_manifest_errors(eval_checkpoint, eval_manifest, tmp_path, monkeypatch, capsys):
+def _evaluation_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("evaluations")]
+
+
+def test_flame_evaluate_cli_all_and_manifest_errors(eval_checkpoint, eval_manifest, tmp_path, monkeypatch, capsys, caplog):
     from flame.cli import main
 
     monkeypatch.setenv("FLAME_SHARED_DATA", str(tmp_path / "no-shared-data"))
     out = tmp_path / "eval" / "results.json"
-    assert main(["evaluate", "--checkpoint", str(eval_checkpoint), "--benchmark", "all", "--limit", "2", "--out", str(out)]) == 0
+    with caplog.at_level(logging.WARNING):
+        assert main(["evaluate", "--checkpoint", str(eval_checkpoint), "--benchmark", "all", "--limit", "2", "--out", str(out)]) == 0
     payload = json.loads(out.read_text(encoding="utf-8"))
     assert [r["dataset"] for r in payload["results"]] == ["sample-dev-retrieval", "sample-dev-long", "sample-dev-multilingual"]
     assert "flickr8k-dev-retrieval" in {s["benchmark"] for s in payload["skipped"]}
+    # one line for all the benchmarks skipped, naming them
+    [warned] = _evaluation_warnings(caplog)
+    assert warned.startswith(f"skipping {len(payload['skipped'])} benchmarks whose data is missing") and "iiw-long-text" in warned
     assert 0 <= payload["summary"]["sample-dev-retrieval/mean_recall@5"] <= 1
     assert "sample-dev-multilingual/zh_mean_recall@1" in payload["summary"]
     assert (out.parent / "results_sample-dev-retrieval_examples.png").exists()
@@ -152,6 +162,32 @@ def test_flame_evaluate_cli_all_and_manifest_errors(eval_checkpoint, eval_manife
 
     assert main(["evaluate", "--checkpoint", str(eval_checkpoint), "--benchmark", "nope", "--out", str(bad)]) == 2
     assert "available: sample-dev-retrieval" in capsys.readouterr().err
+
+
+def test_evaluate_skip_missing_counts_a_decompression_bomb(eval_checkpoint, eval_manifest, tmp_path, caplog):
+    from flame.cli import main
+
+    manifest = eval_manifest(2, extra=lambda i, row: {"captions": row["captions"][:1]})
+    write_huge_png(manifest.parent / "imgs" / "bomb.png")
+    with manifest.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"image": "imgs/bomb.png", "captions": ["a black square"]}) + "\n")
+    out = tmp_path / "result.json"
+    with caplog.at_level(logging.WARNING):
+        assert main(["evaluate", "--checkpoint", str(eval_checkpoint), "--manifest", str(manifest), "--task", "retrieval",
+                     "--skip-missing", "--no-plots", "--out", str(out)]) == 0
+    details = json.loads(out.read_text(encoding="utf-8"))["details"]
+    assert details["n_images"] == 2 and details["skipped_images"] == 1
+    assert "bomb.png: too large" in details["skipped_image_examples"][0]
+    [warned] = _evaluation_warnings(caplog)
+    assert warned.startswith(f"{manifest.stem}: skipped 1 unreadable images") and "too large" in warned
+
+
+def test_rows_without_captions_are_counted_and_warned_once(eval_model, eval_config, eval_manifest, caplog):
+    manifest = eval_manifest(4, extra=lambda i, row: {"captions": row["captions"][:1] if i < 2 else ["", " "]})
+    with caplog.at_level(logging.WARNING):
+        result = runner.evaluate_manifest(eval_model, manifest, "retrieval", config=eval_config.eval)
+    assert result["details"]["skipped_rows_without_text"] == 2 and result["details"]["n_images"] == 2
+    assert _evaluation_warnings(caplog) == [f"{manifest.stem}: skipped 2 rows without text (details.skipped_rows_without_text)"]
 
 
 def test_text_embeddings_are_cached_per_fingerprint(eval_model, eval_text_cache):

@@ -81,3 +81,35 @@ def test_unwritable_local_store_is_a_clear_error(tmp_path):
     with pytest.raises(FlameError, match="not writable"):
         check_tracking_uri(uri)
     check_tracking_uri(f"sqlite:///{tmp_path}/new/mlflow.db")  # a folder still to be made is fine
+
+
+def test_sqlite_store_keeps_artifacts_beside_it_not_in_the_current_folder(tmp_path, monkeypatch):
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    store = tmp_path / "store"
+    store.mkdir()
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    cfg = load_config(overrides={"tracking": {"tracking_uri": f"sqlite:///{store / 'mlflow.db'}", "experiment": "beside"}})
+    with MlflowTracker(cfg) as tracker:
+        tracker.log_artifact(report, "evaluation")
+    assert not (cwd / "mlruns").exists() and list(cwd.iterdir()) == []
+    assert list((store / "mlartifacts" / "beside").glob("*/artifacts/evaluation/report.json"))
+
+
+def test_a_relative_tracking_uri_in_the_config_is_beside_it(tmp_path, monkeypatch):
+    import yaml
+
+    from flame.config import read_params
+
+    params = read_params()
+    params["profiles"]["tiny"]["tracking"]["tracking_uri"] = "sqlite:///runs.db"
+    (tmp_path / "project").mkdir()
+    path = tmp_path / "project" / "params.yaml"
+    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    with MlflowTracker(load_config(path)) as tracker:
+        tracker.log_metrics({"loss": 1.0})
+    assert tracker.tracking_uri == f"sqlite:///{tmp_path / 'project' / 'runs.db'}"
+    assert (tmp_path / "project" / "runs.db").is_file() and not (tmp_path / "runs.db").exists()

@@ -170,13 +170,21 @@ def test_training_launcher_is_configuration(orchestration_env):
     assert launcher[0].endswith("torchrun") and launcher[1:] == ["--nnodes=2", "--nproc_per_node=8"]
 
 
-def test_relative_mlflow_store_is_the_repo_root():
+def test_relative_mlflow_store_is_the_repo_root(tmp_path, monkeypatch):
     from flame.config import repo_root
-    from orchestration.resources import absolute_tracking_uri
+    from orchestration.resources import FlameConfigResource, MlflowResource, StorageResource
 
-    assert absolute_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{repo_root() / 'mlflow.db'}"
-    assert absolute_tracking_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
-    assert absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("FLAME_STORAGE_ROOT", raising=False)
+    config = FlameConfigResource(params_path=str(repo_root() / "params.yaml"), profile="tiny").load()
+    assert MlflowResource().uri(config) == f"sqlite:///{repo_root() / 'mlflow.db'}"
+    assert StorageResource().base(config) == repo_root() / "data"
+    # A resource value or environment variable is typed in a shell: the current folder.
+    assert MlflowResource(tracking_uri="sqlite:///here.db").uri(config) == f"sqlite:///{tmp_path / 'here.db'}"
+    assert MlflowResource(tracking_uri="http://127.0.0.1:5000").uri(config) == "http://127.0.0.1:5000"
+    monkeypatch.setenv("FLAME_STORAGE_ROOT", "store")
+    assert StorageResource().base(config) == tmp_path / "store"
 
 
 def test_evaluation_chance_pairs():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,10 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from flame.cli import main as cli_main
 from flame.config import load_config, repo_root
 from flame.errors import FlameError
+from flame.files import sha256_file
 from flame.text.embed import run_embedding
 from flame.text.encoder import TextEncoder
 from flame.text.llm import load_llm
@@ -71,7 +75,7 @@ def test_store_made_in_one_dtype_is_used_where_another_is_chosen(tmp_path, tiny_
 
 
 @pytest.mark.slow
-def test_jsonl_store_layout_skips_empty_and_cycles(tmp_path, tiny_encoder):
+def test_jsonl_store_layout_skips_empty_and_cycles(tmp_path, tiny_encoder, caplog):
     rows = _sample_rows(2)
     rows[1] = {"caption": "A brown dog runs along the beach."}  # one caption only: cycled
     rows.append({"caption": "   ", "captions": ["", " \t "]})  # nothing to embed: skipped
@@ -80,8 +84,14 @@ def test_jsonl_store_layout_skips_empty_and_cycles(tmp_path, tiny_encoder):
     config = text_config(captions_per_sample=2, views=[  # K = 2 x raw(1) + 2 x short(3) = 8
         {"field": "caption", "facet_set": "raw"}, {"field": "caption", "facet_set": "short"}])
 
-    summary = run_embedding(config, manifest, tmp_path / "emb", encoder=tiny_encoder, progress=False)
+    with caplog.at_level(logging.WARNING, logger="flame.text.embed"):
+        summary = run_embedding(config, manifest, tmp_path / "emb", encoder=tiny_encoder, progress=False)
 
+    # every kind of skip is said once, with its count
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "skipped 1 sample(s) with no non-empty caption in field(s) ['caption'] (e.g. part/000000002)",
+        "ignored 3 empty caption(s) (nothing but whitespace)",
+    ]
     store = EmbeddingStore.open(tmp_path / "emb")
     assert summary["validation"]["ok"] and store.shards() == ["part"]
     assert (store.K, store.D) == (8, 576)
@@ -235,3 +245,75 @@ def test_manifest_caption_column(tmp_path, tiny_encoder):
         run_embedding(config, manifest, tmp_path / "o", encoder=tiny_encoder, progress=False)
     summary = run_embedding(config, manifest, tmp_path / "o", encoder=tiny_encoder, progress=False, caption_col="en")
     assert summary["samples"] == 1 and summary["validation"]["ok"]
+
+
+def _store_files(store: EmbeddingStore) -> dict[str, tuple[bytes, int]]:
+    """Every file of the store folder (meta.json, shard files) with its bytes and mtime."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(store.path.iterdir())}
+
+
+@pytest.mark.slow
+def test_a_shard_replaced_with_new_captions_is_re_embedded_and_the_rest_untouched(tmp_path, tiny_encoder, caplog):
+    shards = _shard_dir(tmp_path / "shards", shards=2, per_shard=2)
+    config = text_config(captions_per_sample=1, views=[{"field": "caption", "facet_set": "raw"}])
+    first = run_embedding(config, shards, tmp_path / "emb", encoder=tiny_encoder, progress=False)
+    store = EmbeddingStore.open(first["store"])
+    before = _store_files(store)
+
+    unchanged = run_embedding(config, shards, tmp_path / "emb", encoder=tiny_encoder, progress=False)
+    assert (unchanged["shards_skipped"], unchanged["shards_done"]) == (2, 0)
+    assert _store_files(store) == before  # same bytes, same mtime: nothing rewritten
+
+    old_keys, old = store.read("00001")
+    new_rows = _sample_rows(8)[4:6]  # other images' captions under the same keys
+    _write_tar(shards / "00001.tar", [(k, {"caption": r["caption"]}) for k, r in zip(old_keys, new_rows)])
+    with caplog.at_level(logging.WARNING, logger="flame.text.embed"):
+        rerun = run_embedding(config, shards, tmp_path / "emb", encoder=tiny_encoder, progress=False)
+    assert (rerun["shards_skipped"], rerun["shards_done"], rerun["shards_remaining"]) == (1, 1, 0)
+    assert (unchanged["shards_stale"], rerun["shards_stale"]) == (0, 1)
+    changed = [r.getMessage() for r in caplog.records if "changed since" in r.getMessage()]
+    assert changed == ["1 shard(s) changed since they were embedded: 00001; re-embedding"]
+    after = _store_files(store)
+    assert after["00000.safetensors"] == before["00000.safetensors"]
+    keys, new = store.read("00001")
+    assert keys == old_keys and not torch.equal(new, old)
+    assert store.input_digest("00001") == sha256_file(shards / "00001.tar")
+    fresh = run_embedding(config, shards, tmp_path / "fresh", encoder=tiny_encoder, progress=False)
+    assert torch.equal(EmbeddingStore.open(fresh["store"]).read("00001")[1], new)
+
+
+@pytest.mark.slow
+def test_a_manifest_rewritten_under_its_name_or_a_file_without_a_digest_is_re_embedded(tmp_path, tiny_encoder):
+    config = text_config(captions_per_sample=1, views=[{"field": "caption", "facet_set": "raw"}])
+    manifest = _write_jsonl(tmp_path / "part.jsonl", _sample_rows(2))
+    first = run_embedding(config, manifest, tmp_path / "emb", encoder=tiny_encoder, progress=False)
+    store = EmbeddingStore.open(first["store"])
+    _, old = store.read("part")
+
+    _write_jsonl(manifest, _sample_rows(4)[2:])
+    rerun = run_embedding(config, manifest, tmp_path / "emb", encoder=tiny_encoder, progress=False)
+    assert (rerun["shards_done"], rerun["shards_skipped"], rerun.get("shards_stale")) == (1, 0, 1)
+    _, new = store.read("part")
+    fresh = run_embedding(config, manifest, tmp_path / "fresh", encoder=tiny_encoder, progress=False)
+    assert not torch.equal(new, old) and torch.equal(EmbeddingStore.open(fresh["store"]).read("part")[1], new)
+
+    # a shard file that records no input digest (an older store) cannot be trusted: recomputed
+    keys, emb = store.read("part")
+    save_file({"embeddings": emb}, str(store.shard_path("part")), metadata={"keys": json.dumps(keys)})
+    again = run_embedding(config, manifest, tmp_path / "emb", encoder=tiny_encoder, progress=False)
+    assert (again["shards_stale"], again["shards_done"]) == (1, 1)
+    assert store.input_digest("part") == sha256_file(manifest)
+
+
+@pytest.mark.slow
+def test_progress_bar_counts_distinct_captions(tmp_path, tiny_encoder, capsys):
+    rows = [{"captions": r["captions"][:2]} for r in _sample_rows(3)]
+    rows.append({"captions": rows[0]["captions"]})  # the same two captions again: nothing new to encode
+    manifest = _write_jsonl(tmp_path / "part.jsonl", rows)
+    config = text_config(captions_per_sample=2, views=[  # two facet sets read every caption
+        {"field": "caption", "facet_set": "raw"}, {"field": "caption", "facet_set": "short"}])
+    summary = run_embedding(config, manifest, tmp_path / "emb", encoder=tiny_encoder, progress=True)
+    captions = len({c for r in rows for c in r["captions"]})
+    counts = re.findall(r"(\d+)/(\d+) \[", capsys.readouterr().err)
+    assert captions == 6 and counts and counts[-1] == (str(captions), str(captions))  # n == total == captions
+    assert summary.get("captions") == captions

@@ -21,7 +21,7 @@ def _meta(**inputs):
 def test_write_read_lookup_roundtrip(tmp_path):
     store = EmbeddingStore.create(tmp_path, _meta())
     emb = torch.nn.functional.normalize(torch.randn(2, 3, 4), dim=-1)
-    store.write("00000", ["a", "b"], emb, {"samples": 2, "skipped_empty": 0})
+    store.write("00000", ["a", "b"], emb, {"samples": 2, "skipped_empty": 0}, input_digest="d1")
 
     reopened = EmbeddingStore.open(tmp_path)  # the root holding exactly one store
     assert reopened.path == store.path and reopened.path.name == store.fingerprint
@@ -32,6 +32,7 @@ def test_write_read_lookup_roundtrip(tmp_path):
     assert torch.allclose(got.float(), emb, atol=1e-3)
     assert reopened.lookup("00000") == {"a": 0, "b": 1}
     assert reopened.stats("00000")["samples"] == 2
+    assert reopened.input_digest("00000") == "d1"  # what the embeddings were computed from
     assert json.loads((store.path / "meta.json").read_text())["layout"][2] == {"column": 2}
     # nothing but the shard and meta.json: the temp file of the atomic write is gone
     assert sorted(p.name for p in store.path.iterdir()) == ["00000.safetensors", "meta.json"]
@@ -41,7 +42,7 @@ def test_write_read_lookup_roundtrip(tmp_path):
 
 def test_empty_shard_is_valid(tmp_path):
     store = EmbeddingStore.create(tmp_path, _meta())
-    store.write("00003", [], torch.zeros(0, 3, 4), {"samples": 0, "skipped_empty": 4})
+    store.write("00003", [], torch.zeros(0, 3, 4), {"samples": 0, "skipped_empty": 4}, input_digest="d3")
     keys, emb = store.read("00003")
     assert keys == [] and emb.shape == (0, 3, 4)
     assert store.validate()["ok"]
@@ -50,12 +51,21 @@ def test_empty_shard_is_valid(tmp_path):
 def test_write_rejects_bad_shapes_and_keys(tmp_path):
     store = EmbeddingStore.create(tmp_path, _meta())
     with pytest.raises(ValueError, match=r"expected \[n, 3, 4\]"):
-        store.write("00000", ["a"], torch.zeros(1, 2, 4))
+        store.write("00000", ["a"], torch.zeros(1, 2, 4), input_digest="d")
     with pytest.raises(ValueError, match="2 keys for 1 rows"):
-        store.write("00000", ["a", "b"], torch.zeros(1, 3, 4))
+        store.write("00000", ["a", "b"], torch.zeros(1, 3, 4), input_digest="d")
     with pytest.raises(ValueError, match="duplicate"):
-        store.write("00000", ["a", "a"], torch.zeros(2, 3, 4))
+        store.write("00000", ["a", "a"], torch.zeros(2, 3, 4), input_digest="d")
+    with pytest.raises(ValueError, match="digest of its input is required"):
+        store.write("00000", ["a"], torch.zeros(1, 3, 4), input_digest="")
     assert store.shards() == []
+
+
+def test_a_shard_file_without_a_recorded_digest_reads_as_none(tmp_path):
+    store = EmbeddingStore.create(tmp_path, _meta())
+    save_file({"embeddings": torch.zeros(1, 3, 4, dtype=torch.float16)}, str(store.shard_path("00000")),
+              metadata={"keys": '["a"]'})
+    assert store.has("00000") and store.input_digest("00000") is None
 
 
 def test_validate_reports_non_finite_and_count_mismatch(tmp_path):

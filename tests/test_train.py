@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
 import tarfile
 from pathlib import Path
@@ -119,6 +120,29 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(two_epochs, sample_shards,
     _assert_same_weights_and_optimizer(out, reference)
 
 
+def test_a_kill_between_the_two_writes_of_a_save_resumes_from_the_train_state(two_epochs, one_epoch, sample_shards,
+                                                                            synthetic_store, tmp_path):
+    """The model files of a later save landed, its train state did not, and the metrics log ran
+    ahead and ends in a torn line: the resume starts from the train state's step and logs each
+    step once."""
+    reference, ref_summary = two_epochs
+    first, _ = one_epoch
+    out = Path(shutil.copytree(first, tmp_path / "killed"))
+    for name in ("model.safetensors", "model_config.json"):
+        shutil.copy(reference / name, out / name)  # step 8's model next to step 4's train state
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps({"step": 5, "metrics": {"train/loss": 123.0}}) + "\n" + '{"step": 6, "metr')
+
+    summary = run_training(tiny_train_config(**CONFIG), sample_shards, synthetic_store, out, resume=True)
+    assert summary["resumed_from_step"] == 4 and summary["steps"] == 8
+    assert summary["losses"] == ref_summary["losses"]
+    _assert_same_weights_and_optimizer(out, reference)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    loss_steps = [r["step"] for r in records if "train/loss" in r.get("metrics", {})]
+    assert loss_steps == list(range(1, 9))
+    assert all(r["metrics"]["train/loss"] != 123.0 for r in records if "train/loss" in r.get("metrics", {}))
+
+
 def test_existing_checkpoint_needs_resume(one_epoch, sample_shards, synthetic_store):
     out, _ = one_epoch
     with pytest.raises(FlameError, match="already holds a training checkpoint; pass --resume"):
@@ -140,7 +164,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(one_epoch, sample_sha
     keys, emb = store.read("00000")
     emb = emb.float().clone()
     emb[0, :, 0] = float("nan")  # one poisoned sample (every positive, whichever m are drawn), same fingerprint
-    store.write("00000", keys, emb)
+    store.write("00000", keys, emb, input_digest=store.input_digest("00000"))
     before = _params(out)
 
     with pytest.raises(FlameError, match=r"non-finite|loss is nan") as err:
@@ -183,11 +207,17 @@ def test_missing_embeddings_are_an_error_naming_examples(bad_shards, tmp_path):
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
-def test_corrupt_images_and_missing_embeddings_are_skipped_and_counted(bad_shards, tmp_path):
+def test_corrupt_images_and_missing_embeddings_are_skipped_and_counted(bad_shards, tmp_path, caplog):
     store = write_synthetic_store(tmp_path / "emb", bad_shards, drop_keys=3).path
     config = tiny_train_config(missing_embeddings="skip", **CONFIG)
-    summary = run_training(config, bad_shards, store, tmp_path / "out", epochs=1)
+    with caplog.at_level(logging.WARNING, logger="flame.train"):
+        summary = run_training(config, bad_shards, store, tmp_path / "out", epochs=1)
     assert summary["skipped"] == {"corrupt_images": 1, "missing_embeddings": 3}
+    # one line per kind of skip
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [w for w in warnings if "undecodable" in w] == [
+        "skipped 1 undecodable image(s) in each epoch (skipped.corrupt_images in the summary)"]
+    assert len([w for w in warnings if "without embeddings" in w]) == 1
     assert summary["samples"] == 61
     assert summary["steps"] == 3  # 32 - 1 corrupt and 32 - 3 missing -> 31 + 29 usable -> 3 full batches
     flame.model.load(tmp_path / "out")
@@ -207,3 +237,26 @@ def test_attention_auto_takes_the_math_kernel_on_a_cpu_and_every_kernel_trains_a
         config = tiny_train_config(epochs=1, precision="fp32", attention=kernel)
         losses[kernel] = run_training(config, sample_shards, synthetic_store, tmp_path / kernel)["losses"]
     assert losses["math"] == pytest.approx(losses["default"], rel=1e-4)
+
+
+def test_resume_against_changed_data_or_configuration_is_refused(one_epoch, sample_shards, synthetic_store, tmp_path):
+    first, _ = one_epoch
+    out = Path(shutil.copytree(first, tmp_path / "run"))
+    changed = tmp_path / "shards"
+    shutil.copytree(sample_shards, changed, ignore=shutil.ignore_patterns("00001.tar"))
+    _corrupt_first_image(sample_shards / "00001.tar", changed / "00001.tar")  # same keys, other bytes
+    # embeddings of the changed shards under the same store fingerprint: only the data differs
+    store = write_synthetic_store(tmp_path / "emb", changed).path
+    with pytest.raises(FlameError, match=r"refusing to resume .*the data changed since it was trained: "
+                                         r"00001 changed \(sha256 \w+\.\.\. -> \w+\.\.\.\)"):
+        run_training(tiny_train_config(**CONFIG), changed, store, out, resume=True)
+
+    with pytest.raises(FlameError, match=r"the configuration changed since it was trained: "
+                                         r"train\.lr: 0\.0005 -> 0\.001\."):
+        run_training(tiny_train_config(lr=1e-3, **CONFIG), sample_shards, synthetic_store, out, resume=True)
+
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    del state["data_digests"]  # as a train state that never recorded its data
+    torch.save(state, out / "train_state.pt")
+    with pytest.raises(FlameError, match="does not record the data it was trained on"):
+        run_training(tiny_train_config(**CONFIG), sample_shards, synthetic_store, out, resume=True)

@@ -3,7 +3,10 @@ predict with the real frozen LLM."""
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,8 +17,9 @@ import flame.model
 from flame.cli import main
 from flame.config import load_config, repo_root
 from flame.errors import FlameError
+from flame.files import sha256_file
 from flame.model import FlameModel
-from tests.fixtures.train import tiny_train_config
+from tests.fixtures.train import tiny_train_config, write_synthetic_store
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +46,8 @@ def test_train_command_trains_then_refuses_to_overwrite(params_file, sample_shar
     argv = ["train", "--config", str(params_file), "--profile", "unit", "--shards", str(sample_shards),
             "--embeddings", str(synthetic_store), "--out", str(out)]
     assert main(argv) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (line,) = capsys.readouterr().out.strip().splitlines()  # stdout is the result alone; progress goes to stderr
+    summary = json.loads(line)
     assert summary["steps"] == 4 and summary["checkpoint"] == str(out)
     assert flame.model.load(out).image_config.img_size == 32
 
@@ -57,6 +62,27 @@ def test_train_command_reports_a_missing_shard_folder(params_file, synthetic_sto
             "--embeddings", str(synthetic_store), "--out", str(tmp_path / "out")]
     assert main(argv) == 2
     assert "shard directory not found" in capsys.readouterr().err
+
+
+def test_train_command_refuses_embeddings_of_a_shard_that_changed_since(params_file, sample_shards, tmp_path, capsys):
+    shards = Path(shutil.copytree(sample_shards, tmp_path / "shards"))
+    store = write_synthetic_store(tmp_path / "emb", shards).path
+    embedded_from = sha256_file(shards / "00001.tar")
+    # the shard is downloaded again after it was embedded: same keys, another caption
+    with tarfile.open(sample_shards / "00001.tar") as tin, tarfile.open(shards / "00001.tar", "w") as tout:
+        for member in tin:
+            data = tin.extractfile(member).read()
+            if member.name.endswith(".txt"):
+                data = b"a caption that was not embedded"
+                member.size = len(data)
+            tout.addfile(member, io.BytesIO(data))
+    argv = ["train", "--config", str(params_file), "--profile", "unit", "--shards", str(shards),
+            "--embeddings", str(store), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "shard '00001'" in err and str(store / "00001.safetensors") in err and "flame embed" in err
+    assert embedded_from in err and sha256_file(shards / "00001.tar") in err
+    assert not (tmp_path / "out" / "model.safetensors").exists()  # refused before any training step
 
 
 @pytest.fixture

@@ -3,8 +3,12 @@ workers and ranks, reproducible per (seed, epoch)."""
 
 from __future__ import annotations
 
+import io
+import tarfile
+
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from flame.data.shards import list_shards
@@ -61,3 +65,28 @@ def test_ranks_get_disjoint_shards(sample_shards):
     assert shards_of_rank(shards, 0, 2) == shards[:1] and shards_of_rank(shards, 1, 2) == shards[1:]
     with pytest.raises(FlameError, match="2 shards for 3 training processes"):
         shards_of_rank(shards, 0, 3)
+
+
+def test_an_oversized_image_is_a_counted_skip_not_a_crash(sample_shards, synthetic_store, tmp_path):
+    bomb = io.BytesIO()
+    Image.new("1", (14000, 14000)).save(bomb, format="PNG")  # 196 M pixels in 24 kB: a decompression bomb
+    shard = tmp_path / "00000.tar"
+    replaced = None
+    with tarfile.open(sample_shards / "00000.tar") as tin, tarfile.open(shard, "w") as tout:
+        for member in tin:
+            data = tin.extractfile(member).read()
+            if replaced is None and member.name.endswith(".jpg"):
+                replaced, data = member.name, bomb.getvalue()
+                member.size = len(data)
+            tout.addfile(member, io.BytesIO(data))
+    batches = list(DataLoader(_dataset([shard], synthetic_store), batch_size=None, num_workers=0))
+    assert sum(b["skipped_corrupt"] for b in batches) == 1
+    assert sum(len(b["keys"]) for b in batches) == 24  # 31 readable images -> 3 full batches of 8
+    assert replaced.split(".")[0] not in {k for b in batches for k in b["keys"]}
+
+    # the limit is image.max_pixels: below every image's size, every image is skipped
+    image = tiny_train_config().image.model_copy(update={"max_pixels": 100})
+    dataset = ShardBatches([sample_shards / "00000.tar"], StoreTexts(synthetic_store), image, batch_size=8,
+                           positives=2, crop_scale=(0.9, 1.0), seed=0, shuffle_buffer=16)
+    batches = list(DataLoader(dataset, batch_size=None, num_workers=0))
+    assert sum(b["skipped_corrupt"] for b in batches) == 32 and not any(b["keys"] for b in batches)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from flame.config import repo_root
+from flame.paths import normalize_tracking_uri
 
 HELP = ("run the whole pipeline through Dagster on the sample set (download, embed, train, evaluate, "
         "register, promote); the last line printed is a JSON summary")
@@ -31,5 +32,6 @@ def run(args: argparse.Namespace, config) -> int:
     for flag, value, is_path in (("--config", args.config, True), ("--dagster-home", args.dagster_home, True),
                                  ("--storage-root", args.storage_root, True), ("--tracking-uri", args.tracking_uri, False)):
         if value:
-            command += [flag, str(Path(value).resolve()) if is_path else value]
+            # The child runs in the repo root: what the user typed is taken relative to here.
+            command += [flag, str(Path(value).resolve()) if is_path else normalize_tracking_uri(value, Path.cwd())]
     return subprocess.call(command, cwd=str(repo_root()))

@@ -12,7 +12,8 @@ from flame.errors import FlameError
 HELP = (
     "Embed captions of webdataset shards (a folder of NNNNN.tar) or of a JSONL manifest with the "
     "frozen LLM, all facets in one pass, into OUT/<fingerprint>/<shard>.safetensors. "
-    "Existing shard files are kept, so rerunning after a kill resumes."
+    "A shard already embedded from the same input bytes (its recorded sha256) is kept, so rerunning "
+    "after a kill resumes; one whose input changed since is re-embedded."
 )
 
 
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace, config: FlameConfig) -> int:
     validation = summary["validation"]
     print(
         f"{'rank %d/%d: ' % (args.rank, args.world_size) if args.world_size > 1 else ''}"
-        f"embedded {summary['shards_done']} shard(s), skipped {summary['shards_skipped']} already done, "
+        f"embedded {summary['shards_done']} shard(s) ({summary['shards_stale']} changed since embedded), "
+        f"skipped {summary['shards_skipped']} already done, "
         f"{summary['shards_remaining']} remaining; {summary['samples']} samples, "
         f"{summary['skipped_empty']} skipped (empty captions), {summary['truncated']} truncated captions, "
         f"{summary['seconds']:.1f}s -> {summary['store']}"

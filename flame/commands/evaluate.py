@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-field", help="manifest key holding the class name (default: 'label')")
     parser.add_argument("--languages", help="comma list for multilingual_retrieval, e.g. en,zh,de (default: every known language present)")
     parser.add_argument("--out", required=True, help="result JSON file; plots (PNG) are written beside it")
-    parser.add_argument("--skip-missing", action="store_true", help="skip missing or unreadable images (counted in the result) instead of failing")
+    parser.add_argument("--skip-missing", action="store_true", help="skip missing, unreadable or too large (image.max_pixels) images (counted in the result) instead of failing")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images (or text pairs) of each dataset, for quick checks")
     parser.add_argument("--templates", choices=("openai", "short", "single"),
                         help="zero-shot prompt templates: the 80 of CLIP, 7 of them, or 1 (default: eval.templates)")
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, config) -> int:
     out = Path(args.out)
     model = load(args.checkpoint)
     common = dict(config=eval_config, out_dir=out.parent, skip_missing=args.skip_missing, limit=args.limit,
-                  pretrained=str(args.checkpoint), plot_prefix=f"{out.stem}_")
+                  pretrained=str(args.checkpoint), plot_prefix=f"{out.stem}_", max_pixels=config.image.max_pixels)
     if args.manifest:
         languages = [s.strip() for s in args.languages.split(",") if s.strip()] if args.languages else None
         payload = runner.with_summary(runner.evaluate_manifest(

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from flame.config import default_params_path
 from flame.errors import FlameError
+from flame.paths import normalize_tracking_uri
+
+# Actions that only make sense on a store with content: they never create one.
+READING_ACTIONS = ("show", "promote", "rollback")
 
 HELP = (
     "Inspect and change the MLflow model registry: show aliases and gate records, promote the "
@@ -30,20 +36,28 @@ def add_arguments(parser) -> None:
                         help="register: an id of the training; a version already carrying it is not registered again")
     parser.add_argument("--limit", type=int, default=None,
                         help="promote/register: score only the first N images of the gate benchmark (quick checks)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: tracking.tracking_uri of the profile)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking/registry URI, or a path to a .db (SQLite) file; relative: to the current "
+                        "folder (default: tracking.tracking_uri of the profile, relative to the params file's folder)")
     parser.add_argument("--model-name", default=None, help="registered model name (default: registry.model_name of the profile)")
 
 
 def run(args, config) -> int:
     from flame.mlflow import gate
+    from flame.mlflow.store import require_store
 
     updates = {}
     if args.tracking_uri:
-        updates["tracking"] = config.tracking.model_copy(update={"tracking_uri": args.tracking_uri})
+        uri = normalize_tracking_uri(args.tracking_uri, Path.cwd())
+        updates["tracking"] = config.tracking.model_copy(update={"tracking_uri": uri})
     if args.model_name:
         updates["registry"] = config.registry.model_copy(update={"model_name": args.model_name})
     if updates:
         config = config.model_copy(update=updates)
+    if args.action in READING_ACTIONS:
+        source = ("--tracking-uri" if args.tracking_uri
+                  else f"tracking.tracking_uri of {args.config or default_params_path()}")
+        require_store(config.tracking.tracking_uri, source)
 
     if args.action == "show":
         shown = gate.show(config)

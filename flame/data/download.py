@@ -7,6 +7,7 @@ incremental mode redo only those, so every key ends up exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -17,6 +18,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -206,6 +208,28 @@ class _Progress:
         self.bar.close()
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send everything printed to stdout meanwhile to stderr instead: ``sys.stdout`` in this
+    process, and file descriptor 1, which img2dataset's spawned worker and logger processes
+    inherit and print their progress to. Our stdout is kept for the command's results."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 at all: nothing for the children to print to either
+        saved = None
+    if saved is not None:
+        os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def _run_img2dataset(input_parquet: Path, out_dir: Path, data_config, extra_columns: list[str]) -> None:
     # The package exports a function named ``main`` that hides the module of that name.
     i2d = importlib.import_module("img2dataset.main")
@@ -214,27 +238,28 @@ def _run_img2dataset(input_parquet: Path, out_dir: Path, data_config, extra_colu
     CheckedDownloader.default_max_image_bytes = data_config.max_image_bytes
     i2d.Downloader = CheckedDownloader
     try:
-        i2d.download(
-            url_list=str(input_parquet),
-            output_folder=str(out_dir),
-            input_format="parquet",
-            output_format="webdataset",
-            url_col="url",
-            caption_col="caption",
-            save_additional_columns=extra_columns or None,
-            image_size=data_config.image_size,
-            resize_mode=data_config.resize_mode,
-            encode_format=data_config.encode_format,
-            number_sample_per_shard=data_config.number_sample_per_shard,
-            processes_count=data_config.processes,
-            thread_count=data_config.threads,
-            timeout=data_config.timeout,
-            retries=data_config.retries,
-            max_image_area=data_config.max_image_area or float("inf"),
-            oom_shard_count=SHARD_DIGITS,
-            incremental_mode="incremental",
-            enable_wandb=False,
-        )
+        with _stdout_to_stderr():
+            i2d.download(
+                url_list=str(input_parquet),
+                output_folder=str(out_dir),
+                input_format="parquet",
+                output_format="webdataset",
+                url_col="url",
+                caption_col="caption",
+                save_additional_columns=extra_columns or None,
+                image_size=data_config.image_size,
+                resize_mode=data_config.resize_mode,
+                encode_format=data_config.encode_format,
+                number_sample_per_shard=data_config.number_sample_per_shard,
+                processes_count=data_config.processes,
+                thread_count=data_config.threads,
+                timeout=data_config.timeout,
+                retries=data_config.retries,
+                max_image_area=data_config.max_image_area or float("inf"),
+                oom_shard_count=SHARD_DIGITS,
+                incremental_mode="incremental",
+                enable_wandb=False,
+            )
     except SystemExit as exc:  # img2dataset's own SIGINT handler exits; report it as an interrupt
         raise KeyboardInterrupt from exc
     finally:

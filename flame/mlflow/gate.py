@@ -358,7 +358,7 @@ def record_decision(
 def promote(config: FlameConfig, version: str | int, tracking_uri: str | None = None) -> Decision:
     """Make ``version`` the champion regardless of the gate (a manual decision, recorded as such).
     Gating the challenger is ``evaluations.promotion.gate_challenger``."""
-    client = connect(config, tracking_uri)
+    client = connect(config, tracking_uri, must_exist=True)
     name = config.registry.model_name
     mv = _get_version(client, name, version)
     with _GateLock(client, name):
@@ -374,7 +374,7 @@ def promote(config: FlameConfig, version: str | int, tracking_uri: str | None = 
 def rollback(config: FlameConfig, tracking_uri: str | None = None) -> dict[str, Any]:
     """Move ``champion`` back to the previous distinct, still existing version of the champion
     history (as reconciled with the alias: one moved by hand counts as a change)."""
-    client = connect(config, tracking_uri)
+    client = connect(config, tracking_uri, must_exist=True)
     name = config.registry.model_name
     with _GateLock(client, name):
         current = _alias_version(client, name, CHAMPION)
@@ -399,8 +399,8 @@ def show(config: FlameConfig, tracking_uri: str | None = None) -> dict[str, Any]
     """The registered model's aliases, champion history and versions with their gate records."""
     from mlflow.exceptions import MlflowException
 
-    uri = tracking_uri or config.tracking.tracking_uri
-    client = connect(config, uri)
+    client = connect(config, tracking_uri, must_exist=True)  # showing must not create a store
+    uri = client.tracking_uri
     name = config.registry.model_name
     try:
         rm = client.get_registered_model(name)

@@ -1,7 +1,8 @@
 """The MLflow tracking store: is it there, a client for it, and the names MLflow accepts.
 
 ``connect`` is the one way in: it checks the store first, so nothing starts (a training, a
-registration) against a store it cannot write to.
+registration) against a store it cannot write to, and a command that only reads
+(``must_exist``) never creates an empty store as a side effect.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from urllib.parse import urlparse
 
 from flame.config import FlameConfig
 from flame.errors import FlameError
+from flame.paths import NAMED_STORES, SQLITE_PREFIX, normalize_tracking_uri
 
 _BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")
 
@@ -48,15 +50,39 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                 f"(mlflow server) or set tracking.tracking_uri in params.yaml"
             ) from None
         return
-    if scheme == "sqlite":
-        # sqlite:///relative.db and sqlite:////absolute.db
-        db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
-        if db and db != ":memory:":
-            _check_writable_dir(Path(db).expanduser().resolve().parent, uri)
+    path = local_store(uri)
+    if path is None:
         return
-    if scheme in ("", "file"):
-        path = Path(parsed.path if scheme == "file" else uri).expanduser().resolve()
+    if scheme == "sqlite":
+        _check_writable_dir(path.parent, uri)
+    elif path.exists() and not path.is_dir():
+        raise FlameError(f"MLflow tracking store {uri}: {path} is a file, not a store folder "
+                         f"(a SQLite database is {SQLITE_PREFIX}{path}, or a path ending in .db)")
+    else:
         _check_writable_dir(path if path.exists() else path.parent, uri)
+
+
+def local_store(uri: str) -> Path | None:
+    """Where a local store lives: the SQLite file of ``sqlite:///...``, the folder of a
+    ``file:`` URI or plain path; None for a server, an in-memory or another database."""
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme == "sqlite":
+        db = uri[len(SQLITE_PREFIX):].partition("?")[0] if uri.startswith(SQLITE_PREFIX) else ""
+        return Path(db).expanduser().resolve() if db and db != ":memory:" else None
+    if scheme == "file":
+        return Path(parsed.netloc + parsed.path).expanduser().resolve()
+    if scheme == "" and uri not in NAMED_STORES:
+        return Path(uri).expanduser().resolve()
+    return None
+
+
+def require_store(uri: str, source: str = "tracking URI") -> None:
+    """Raise ``FlameError`` when the local store ``uri`` does not exist yet (``source``: where
+    the URI came from, for the message): reading it must not create an empty one."""
+    path = local_store(uri)
+    if path is not None and not path.exists():
+        raise FlameError(f"no MLflow store at {path} ({source} {uri}); nothing has been tracked yet")
 
 
 def _check_writable_dir(folder: Path, uri: str) -> None:
@@ -67,12 +93,18 @@ def _check_writable_dir(folder: Path, uri: str) -> None:
         raise FlameError(f"MLflow tracking store {uri} is not writable: folder {probe} cannot be written")
 
 
-def connect(config: FlameConfig, tracking_uri: str | None = None):
+def connect(config: FlameConfig, tracking_uri: str | None = None, must_exist: bool = False):
     """An ``MlflowClient`` for ``tracking_uri`` (default ``tracking.tracking_uri``), tracking and
-    registry alike; raises ``FlameError`` naming the store when it cannot be used."""
+    registry alike; raises ``FlameError`` naming the store when it cannot be used, or, with
+    ``must_exist`` (for what only reads the store), when a local store does not exist yet.
+
+    ``load_config`` has made the configuration's URI absolute; one given here and still
+    relative is taken relative to the current folder, as a flag is."""
     from mlflow import MlflowClient
 
-    uri = tracking_uri or config.tracking.tracking_uri
+    uri = normalize_tracking_uri(tracking_uri or config.tracking.tracking_uri, Path.cwd())
+    if must_exist:
+        require_store(uri, "tracking URI" if tracking_uri else "tracking.tracking_uri")
     check_tracking_uri(uri, config.tracking.connect_timeout)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -92,8 +124,25 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)  # None unsets the variable again
 
 
+# Artifacts of experiments in a SQLite store: in this folder beside the database.
+ARTIFACTS_FOLDER = "mlartifacts"
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artifacts: ``mlartifacts/<name>``
+    beside the database (MLflow's default would be ``./mlruns`` of the current folder).
+    None (the store's own default) for servers and file stores."""
+    if not tracking_uri.startswith(SQLITE_PREFIX):
+        return None
+    db = local_store(tracking_uri)
+    if db is None:
+        return None
+    return (db.parent / ARTIFACTS_FOLDER / re.sub(r"[^\w.\-]", "_", experiment)).as_uri()
+
+
 def get_or_create_experiment(client, name: str) -> str:
-    """The id of experiment ``name``, created if missing; safe when two processes race."""
+    """The id of experiment ``name``, created if missing (its artifacts beside a SQLite
+    store, see ``artifact_location``); safe when two processes race."""
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
@@ -102,7 +151,7 @@ def get_or_create_experiment(client, name: str) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
     except MlflowException:
         exp = client.get_experiment_by_name(name)
         if exp is None:

@@ -40,8 +40,8 @@ class MlflowTracker:
         run_id: str | None = None,
     ):
         self.config = config
-        self.tracking_uri = tracking_uri or config.tracking.tracking_uri
-        self.client = connect(config, self.tracking_uri)
+        self.client = connect(config, tracking_uri)
+        self.tracking_uri = self.client.tracking_uri  # absolute, as connect resolved it
         self._closed = False
         if run_id:
             run = self.client.get_run(run_id)

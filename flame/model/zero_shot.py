@@ -10,8 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from flame.config import RAW_FACET_SET
+from flame.errors import FlameError
 
 LABEL_ONLY = ("{}",)
+
+# What each score of ``rank_labels`` is, for the people who read them.
+SCORE_LEGEND = {
+    "logit": "scale * cosine(image, label) + bias, with the model's learnt scale and bias",
+    "softmax": "probability among these labels only (sums to 1)",
+    "sigmoid": "each label on its own, sigmoid(scale * cosine + bias) with the model's learnt scale and bias: "
+               "a match probability if trained with train.loss=sigmoid (unmatched pairs near 0), uncalibrated if with infonce",
+}
 
 
 def build_zero_shot_classifier(
@@ -42,9 +51,11 @@ def label_logits(model, pixels: torch.Tensor, labels: Sequence[str], facet_set: 
 
 
 def rank_labels(model, pixels: torch.Tensor, labels: Sequence[str], facet_set: str = RAW_FACET_SET) -> list[dict]:
-    """``[{"label", "softmax", "sigmoid", "logit"}]`` for one image ``[1, 3, H, W]``, best first.
-    ``sigmoid`` is the model's own pairwise probability (scale and bias of the sigmoid loss)."""
+    """``[{"label", "softmax", "sigmoid", "logit"}]`` for one image ``[1, 3, H, W]``, best first
+    (highest logit, hence highest softmax and sigmoid); see ``SCORE_LEGEND``."""
     logits = label_logits(model, pixels, labels, facet_set)[0]
+    if not torch.isfinite(logits).all():
+        raise FlameError("the model's scores are NaN/Inf: its weights are corrupt or it overflowed on this image")
     softmax, sigmoid = logits.softmax(dim=0), logits.sigmoid()
     rows = [{"label": label, "softmax": float(softmax[i]), "sigmoid": float(sigmoid[i]), "logit": float(logits[i])}
             for i, label in enumerate(labels)]

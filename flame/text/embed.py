@@ -4,11 +4,14 @@ Input: a folder of webdataset shards (``NNNNN.tar``) or one JSONL manifest (its 
 single "shard", named by the file stem). Each sample gets ``K`` columns: for every
 configured view (caption field x facet set), ``captions_per_sample`` captions (cycled
 when a sample has fewer) times the set's facets. A shard file is the unit of work and
-of resumption: existing shard files are not recomputed unless asked.
+of resumption: a shard whose stored embeddings were computed from the same input bytes
+(its recorded digest) is not recomputed unless asked; one whose input changed is.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +24,13 @@ from tqdm import tqdm
 from flame.config import FlameConfig, TextConfig
 from flame.data.shards import ShardSample, iter_shard, list_shards, shard_name
 from flame.errors import FlameError
+from flame.files import sha256_file
 from flame.jsonl import iter_jsonl
 from flame.text.encoder import TextEncoder
 from flame.text.prompts import normalise_caption
 from flame.text.store import EmbeddingStore, fingerprint_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +38,14 @@ class InputShard:
     name: str
     path: Path
     caption_col: str | None = None  # JSONL column holding the ``caption`` field's captions
+
+    def digest(self) -> str:
+        """What the store records of this input: the sha256 of the file's bytes (for a JSONL
+        read through a caption column, of those bytes and the column's name)."""
+        digest = sha256_file(self.path)
+        if self.caption_col and self.caption_col not in ("caption", "captions"):
+            digest = hashlib.sha256(f"{digest}\ncaption_col={self.caption_col}".encode("utf-8")).hexdigest()
+        return digest
 
     def samples(self) -> Iterator[ShardSample]:
         if self.path.suffix == ".tar":
@@ -147,21 +161,29 @@ class ShardEmbedder:
         n = self.config.captions_per_sample
         return [[kept_by_field[v.field][i % len(kept_by_field[v.field])] for i in range(n)] for v in self.config.views], empty
 
-    def _encode_unique(self, texts: list[str], facet_set: str, stats: dict) -> dict[str, torch.Tensor]:
+    def _encode_unique(self, unique: dict[str, set[str]], stats: dict) -> dict[str, dict[str, torch.Tensor]]:
+        """Each facet set's embeddings of its distinct captions. Chunks of the distinct captions
+        are encoded in every facet set that reads them before the next chunk, so the progress
+        bar advances by captions done."""
         # Similar lengths together; the encoder also sorts inside each chunk.
-        ordered = sorted(texts, key=len, reverse=True)
-        out: dict[str, torch.Tensor] = {}
+        ordered = sorted(sorted(set().union(*unique.values())), key=len, reverse=True) if unique else []
+        out: dict[str, dict[str, torch.Tensor]] = {fs: {} for fs in unique}
         for start in range(0, len(ordered), self.chunk):
-            part = ordered[start:start + self.chunk]
-            emb, st = self.encoder.encode_with_stats(part, facet_set)
-            out.update(zip(part, emb))
-            stats["truncated"] += st.truncated
-            stats["tokens"] += st.tokens
-            stats["prompts"] += st.captions * self.encoder.num_facets(facet_set)
-            if self.progress is not None:
-                self.totals["prompts"] += st.captions * self.encoder.num_facets(facet_set)
+            chunk = ordered[start:start + self.chunk]
+            for facet_set in sorted(unique):
+                part = [text for text in chunk if text in unique[facet_set]]
+                if not part:
+                    continue
+                emb, st = self.encoder.encode_with_stats(part, facet_set)
+                out[facet_set].update(zip(part, emb))
+                prompts = st.captions * self.encoder.num_facets(facet_set)
+                stats["truncated"] += st.truncated
+                stats["tokens"] += st.tokens
+                stats["prompts"] += prompts
+                self.totals["prompts"] += prompts
                 self.totals["tokens"] += st.tokens
-                self.progress.update(len(part))
+            if self.progress is not None:
+                self.progress.update(len(chunk))
                 elapsed = max(time.perf_counter() - self.started, 1e-9)
                 self.progress.set_postfix(prompts_s=f"{self.totals['prompts'] / elapsed:.1f}",
                                           tokens_s=f"{self.totals['tokens'] / elapsed:.0f}")
@@ -202,11 +224,11 @@ class ShardEmbedder:
         for per_view in chosen:
             for view, texts in zip(self.config.views, per_view):
                 unique.setdefault(view.facet_set, set()).update(texts)
-        stats["unique_captions"] = sum(len(v) for v in unique.values())
+        stats["unique_captions"] = len(set().union(*unique.values())) if unique else 0
         if self.progress is not None:
             self.progress.total = (self.progress.total or 0) + stats["unique_captions"]
             self.progress.refresh()
-        encoded = {fs: self._encode_unique(sorted(texts), fs, stats) for fs, texts in sorted(unique.items())}
+        encoded = self._encode_unique(unique, stats)
 
         rows = []
         for per_view in chosen:
@@ -225,6 +247,24 @@ class ShardEmbedder:
 SUMMED_STATS = ("samples", "skipped_empty", "empty_captions", "truncated", "prompts", "tokens")
 
 
+def _recorded_digest(store: EmbeddingStore, shard: str) -> str | None:
+    """The input digest a held shard was computed from; None when absent, unrecorded or unreadable."""
+    if not store.has(shard):
+        return None
+    try:
+        return store.input_digest(shard)
+    except FlameError:
+        return None
+
+
+def _warn_skips(summary: dict, examples: list[str], fields: list[str]) -> None:
+    if summary["skipped_empty"]:
+        log.warning("skipped %d sample(s) with no non-empty caption in field(s) %s (e.g. %s)",
+                    summary["skipped_empty"], fields, ", ".join(examples))
+    if summary["empty_captions"]:
+        log.warning("ignored %d empty caption(s) (nothing but whitespace)", summary["empty_captions"])
+
+
 def embed_shards(
     text_config: TextConfig,
     shards: list[InputShard],
@@ -236,32 +276,46 @@ def embed_shards(
 ) -> dict:
     """Embed ``shards`` into the store under ``out_dir`` (the one for this encoder and prompts).
 
-    Shards the store already holds are skipped unless ``recompute``; ``max_shards`` stops
+    A shard is skipped when the store holds it computed from the same input (its recorded
+    ``InputShard.digest``), unless ``recompute``; one whose input changed since (or whose file
+    records no digest) is re-embedded and counted in ``shards_stale``. ``max_shards`` stops
     after computing that many (the rest stay for a rerun). Every shard file is written
-    atomically. Returns a summary with the store path and its validation.
+    atomically, replacing the old one. Returns a summary with the store path and its validation.
+    The progress bar counts captions: the distinct caption texts of each shard it embeds.
     """
     start = time.perf_counter()
     encoder = encoder or TextEncoder.from_config(text_config)
     check_encoder_matches(encoder, text_config)
     store = EmbeddingStore.create(out_dir, store_meta(encoder, text_config))
-    missing = [s for s in shards if recompute or not store.has(s.name)]
+    # Hashed before the shard is read: a file that changes after this is seen as stale next time.
+    digests = {s.name: s.digest() for s in shards}
+    recorded = {s.name: _recorded_digest(store, s.name) for s in shards}
+    stale = [s.name for s in shards if store.has(s.name) and recorded[s.name] != digests[s.name]]
+    missing = [s for s in shards if recompute or recorded[s.name] != digests[s.name]]
     todo = missing if max_shards is None else missing[:max_shards]
+    if stale:
+        log.warning("%d shard(s) changed since they were embedded: %s; re-embedding", len(stale), ", ".join(stale))
     summary = {"store": str(store.path), "fingerprint": store.fingerprint, "K": store.K, "D": store.D,
-               "shards_total": len(shards), "shards_skipped": len(shards) - len(missing), "shards_done": 0,
+               "shards_total": len(shards), "shards_skipped": len(shards) - len(missing),
+               "shards_stale": len(stale), "shards_done": 0, "captions": 0,
                **{key: 0 for key in SUMMED_STATS}}
+    skipped_examples: list[str] = []
     bar = tqdm(desc="embedding captions", unit="caption", disable=not progress, dynamic_ncols=True)
     embedder = ShardEmbedder(encoder, text_config, bar)
     try:
         for shard in todo:
             bar.set_description(f"embedding {shard.name}")
             result = embedder.embed(shard)
-            store.write(shard.name, result.keys, result.embeddings, result.stats)
+            store.write(shard.name, result.keys, result.embeddings, result.stats, input_digest=digests[shard.name])
             summary["shards_done"] += 1
+            summary["captions"] += result.stats["unique_captions"]
             for key in SUMMED_STATS:
                 summary[key] += result.stats[key]
+            skipped_examples += [f"{shard.name}/{k}" for k in result.stats["skipped_keys"][:5 - len(skipped_examples)]]
     finally:
         bar.close()
-    summary["shards_remaining"] = len([s for s in shards if not store.has(s.name)])
+    _warn_skips(summary, skipped_examples, sorted({view.field for view in text_config.views}))
+    summary["shards_remaining"] = len([s for s in shards if _recorded_digest(store, s.name) != digests[s.name]])
     summary["seconds"] = round(time.perf_counter() - start, 3)
     summary["validation"] = store.validate()
     return summary

@@ -2,7 +2,11 @@
 
 Layout: ``ROOT/<fingerprint>/meta.json`` (fingerprint inputs, ``K``, ``D``, the column
 layout of K) and ``ROOT/<fingerprint>/<shard>.safetensors`` holding the fp16 tensor
-``embeddings`` ``[n, K, D]`` (L2-normalised) with metadata ``keys`` and ``stats`` (JSON).
+``embeddings`` ``[n, K, D]`` (L2-normalised) with metadata ``keys``, ``stats`` (JSON) and
+``input_digest``: the digest of the input shard file it was computed from (see
+``flame.text.embed.InputShard.digest``), so a rerun and a training can tell embeddings of a
+shard that has changed since. A shard file without one (written before digests were
+recorded) counts as stale: ``flame embed`` recomputes it, training refuses it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from flame.errors import FlameError
 META_FILE = "meta.json"
 SHARD_SUFFIX = ".safetensors"
 TENSOR_NAME = "embeddings"
+INPUT_DIGEST_KEY = "input_digest"
 STORE_DTYPE = torch.float16
 FORMAT_VERSION = 1
 
@@ -131,6 +136,10 @@ class EmbeddingStore:
         handle = self._open_shard(shard)
         return json.loads((handle.metadata() or {}).get("stats", "{}"))
 
+    def input_digest(self, shard: str) -> str | None:
+        """The digest of the input the shard's embeddings were computed from (None: not recorded)."""
+        return (self._open_shard(shard).metadata() or {}).get(INPUT_DIGEST_KEY)
+
     def lookup(self, shard: str) -> dict[str, int]:
         """Sample key -> row index in the shard's tensor (cached)."""
         if shard not in self._lookups:
@@ -139,19 +148,24 @@ class EmbeddingStore:
             self._lookups[shard] = {k: i for i, k in enumerate(keys)}
         return self._lookups[shard]
 
-    def write(self, shard: str, keys: list[str], embeddings: torch.Tensor, stats: dict[str, Any] | None = None) -> Path:
-        """Atomically write one shard: ``embeddings`` ``[n, K, D]`` is stored as fp16."""
+    def write(self, shard: str, keys: list[str], embeddings: torch.Tensor, stats: dict[str, Any] | None = None,
+              *, input_digest: str) -> Path:
+        """Atomically write one shard: ``embeddings`` ``[n, K, D]`` is stored as fp16, with the
+        digest of the input file they were computed from."""
         if embeddings.dim() != 3 or tuple(embeddings.shape[1:]) != (self.K, self.D):
             raise ValueError(f"shard {shard!r}: expected [n, {self.K}, {self.D}], got {list(embeddings.shape)}")
         if embeddings.shape[0] != len(keys):
             raise ValueError(f"shard {shard!r}: {len(keys)} keys for {embeddings.shape[0]} rows")
         if len(set(keys)) != len(keys):
             raise ValueError(f"shard {shard!r}: duplicate sample keys")
+        if not input_digest:
+            raise ValueError(f"shard {shard!r}: the digest of its input is required")
         tensor = embeddings.detach().to("cpu", STORE_DTYPE).contiguous()
         metadata = {
             "keys": json.dumps(list(keys), ensure_ascii=False),
             "stats": json.dumps(stats or {}, sort_keys=True, ensure_ascii=False),
             "fingerprint": self.fingerprint,
+            INPUT_DIGEST_KEY: input_digest,
         }
         target = self.shard_path(shard)
         with atomic_path(target) as tmp:

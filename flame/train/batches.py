@@ -25,6 +25,7 @@ from flame.config import ImageConfig
 from flame.data.images import read_image
 from flame.data.shards import ShardSample, iter_shard, list_shards, shard_name
 from flame.errors import FlameError
+from flame.files import sha256_file
 from flame.model.transforms import train_transform
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class ShardPlan:
     usable: dict[str, int]  # shard name -> samples with texts (their text mode can use)
     missing: int = 0
     missing_examples: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # shard name -> sha256 of its tar
 
     @property
     def total(self) -> int:
@@ -43,12 +45,13 @@ class ShardPlan:
 
 
 def plan_shards(shards_dir: str | Path, usable: Callable[[str], Callable[[ShardSample], bool]]) -> ShardPlan:
-    """Every shard of ``shards_dir`` with its count of samples that ``usable(shard name)(sample)``
-    accepts; the others are counted as missing (with a few examples)."""
+    """Every shard of ``shards_dir`` with its sha256 and its count of samples that
+    ``usable(shard name)(sample)`` accepts; the others are counted as missing (with a few examples)."""
     shards = list_shards(shards_dir)
     plan = ShardPlan(shards=shards, usable={})
     for path in shards:
         name = shard_name(path)
+        plan.digests[name] = sha256_file(path)
         accepts = usable(name)
         count = 0
         for sample in iter_shard(path, with_images=False):
@@ -147,7 +150,7 @@ class ShardBatches(IterableDataset):
         if sample.image is None:
             return None
         try:
-            pixels = train_transform(read_image(sample.image), self.image, self.crop_scale, rng)
+            pixels = train_transform(read_image(sample.image, self.image.max_pixels), self.image, self.crop_scale, rng)
         except (OSError, ValueError) as exc:
             log.debug("skipping undecodable image %s/%s: %s", sample.shard, sample.key, exc)
             return None

@@ -3,7 +3,10 @@ tower) against the texts its text mode provides (``flame.train.text_modes``).
 
 Single process, or DDP under torchrun. Resumable exactly from the checkpoint folder:
 the data order, crops and positive picks depend only on (seed, epoch, key), and the
-model, optimizer, scheduler and RNG come back from it (``flame.checkpoint``).
+model, optimizer, scheduler and RNG come back from it (``flame.checkpoint``). The train
+state records what the run was trained on (each shard's sha256 and the configuration that
+changes the training, ``training_config``); resuming against other data or settings is
+refused, naming what changed.
 """
 
 from __future__ import annotations
@@ -32,6 +35,52 @@ from flame.train.text_modes import text_mode_for
 from flame.train.text_modes.base import TextMode
 
 log = logging.getLogger(__name__)
+
+# Settings a resume may change: --epochs extends a run (the LR horizon is kept, see
+# run_training); logging and checkpoint cadence, the LLM's batch size (of `flame embed`) and
+# its cache folder change no weight.
+RESUME_MAY_CHANGE = {"train": ("epochs", "log_every_steps", "checkpoint_every_steps"),
+                     "text": ("batch_size", "cache_dir")}
+
+
+def training_config(config: FlameConfig) -> dict[str, Any]:
+    """The configuration a resume must match: the image, train and text sections, of the text
+    side only what its mode reads (the LLM and prompts, or the CLIP baseline's text tower)."""
+    dumped = config.model_dump(mode="json")
+    if config.text.mode == "clip":
+        sections = {"text": {"mode": "clip"}, "clip_text": dumped["clip_text"]}
+    else:
+        sections = {"text": dumped["text"]}
+    sections.update(image=dumped["image"], train=dumped["train"])
+    for name, keys in RESUME_MAY_CHANGE.items():
+        for key in keys:
+            sections[name].pop(key, None)
+    return sections
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_changes(before: dict, now: dict) -> list[str]:
+    """``section.key: old -> new`` for every setting that differs."""
+    old, new = _flat(before), _flat(now)
+    return [f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
+            for key in sorted(set(old) | set(new)) if key not in old or key not in new or old[key] != new[key]]
+
+
+def data_changes(before: dict[str, str], now: dict[str, str]) -> list[str]:
+    """Shards added, removed or changed (by sha256) since ``before``."""
+    changes = [f"{name} added" for name in sorted(set(now) - set(before))]
+    changes += [f"{name} removed" for name in sorted(set(before) - set(now))]
+    changes += [f"{name} changed (sha256 {before[name][:12]}... -> {now[name][:12]}...)"
+                for name in sorted(set(now) & set(before)) if before[name] != now[name]]
+    return changes
 
 
 def run_training(
@@ -122,6 +171,21 @@ class _Trainer:
                     f"{self.mode.source} has {ours}; its text embeddings are not comparable. "
                     "Train into another --out, or resume with the original embeddings"
                 )
+        for what, theirs, ours, diff in (
+            ("data", state.get("data_digests"), self.plan.digests, data_changes),
+            ("configuration", state.get("training_config"), training_config(self.config), config_changes),
+        ):
+            if theirs is None:
+                raise FlameError(
+                    f"refusing to resume {self.out_dir}: its train state does not record the {what} it was "
+                    "trained on (made by an older flame), so a resume cannot be checked; train into another --out"
+                )
+            changes = diff(theirs, ours)
+            if changes:
+                raise FlameError(
+                    f"refusing to resume {self.out_dir}: the {what} changed since it was trained: "
+                    f"{'; '.join(changes)}. Train into another --out, or resume with the original {what}"
+                )
         return state
 
     def _build_model(self, state: dict | None) -> None:
@@ -133,7 +197,7 @@ class _Trainer:
             logit_scale_init=self.cfg.logit_scale_init, logit_bias_init=self.cfg.logit_bias_init,
         )
         if state is not None:
-            self.model.load_state_dict(ckpt.read_model_weights(self.out_dir), strict=True)
+            self.model.load_state_dict(state["model"], strict=True)
         # InfoNCE ignores the bias; DDP needs every trainable parameter to get a gradient.
         self.model.logit_bias.requires_grad_(self.cfg.loss == "sigmoid")
         if self.cfg.grad_checkpointing:
@@ -156,10 +220,12 @@ class _Trainer:
             self.cfg.max_logit_scale, self.ctx, self.cfg.attention,
         )
 
-    def _tracker(self):
+    def _tracker(self, resumed_from: int | None):
         if not self.ctx.is_main:
             return None
         jsonl = JsonlTracker(self.out_dir / ckpt.METRICS_FILE)
+        if resumed_from is not None:
+            jsonl.drop_after(resumed_from)  # those steps run again
         primary = self.external_tracker or ConsoleTracker(every=self.cfg.log_every_steps)
         return MultiTracker(primary, jsonl)
 
@@ -181,7 +247,7 @@ class _Trainer:
                 )
         self.s = s
         resumed_from = s["step"] if state is not None else None
-        tracker = self._tracker()
+        tracker = self._tracker(resumed_from)
         if tracker:
             tracker.log_params(self.config.to_flat_dict())
             tracker.set_tags({"text_fingerprint": self.mode.text_fingerprint,
@@ -193,6 +259,7 @@ class _Trainer:
                 self._run_epoch(tracker, timing)
             summary = self._summary(timing, resumed_from)
             if self.ctx.is_main:
+                self._warn_skips()
                 summary_file = ckpt.write_summary(self.out_dir, summary)
                 tracker.log_metrics({f"train/{k}": float(summary[k]) for k in ("images_per_sec", "data_wait_share")
                                      if summary[k] is not None}, step=s["step"])
@@ -270,6 +337,13 @@ class _Trainer:
                                  "epoch": s["epoch"]}, step=s["step"])
         self._save()
 
+    def _warn_skips(self) -> None:
+        # Samples without texts were reported when the data was planned; undecodable images
+        # show up only while reading, the same ones every epoch.
+        if self.s["skipped_corrupt"]:
+            log.warning("skipped %d undecodable image(s) in each epoch (skipped.corrupt_images in the summary)",
+                        self.s["skipped_corrupt"])
+
     def _fail_non_finite(self, what: str) -> None:
         s = self.s
         kept = (f"the last good checkpoint in {self.out_dir} (step {ckpt.load_train_state(self.out_dir)['step']}) is kept"
@@ -291,6 +365,8 @@ class _Trainer:
                 "horizon_epochs": self.horizon_epochs,
                 "text_fingerprint": self.mode.text_fingerprint,
                 "store_fingerprint": self.mode.source_fingerprint,
+                "data_digests": self.plan.digests,
+                "training_config": training_config(self.config),
             })
         barrier(self.ctx)
 

@@ -68,6 +68,7 @@ class FrozenLLMMode:
             return lambda sample: sample.key in known
 
         plan = plan_shards(self.shards_dir, usable)
+        self._check_embedded_from(plan)
         examples = ", ".join(plan.missing_examples)
         if plan.missing and train.missing_embeddings == "error":
             raise FlameError(
@@ -79,6 +80,25 @@ class FrozenLLMMode:
         if plan.total == 0:
             raise FlameError(f"no sample of {self.shards_dir} has embeddings in {store.path}")
         return plan
+
+    def _check_embedded_from(self, plan: ShardPlan) -> None:
+        """Refuse embeddings computed from other bytes than the shard the training reads."""
+        stale = []
+        for path in plan.shards:
+            name = shard_name(path)
+            if self.store.has(name) and (recorded := self.store.input_digest(name)) != plan.digests[name]:
+                stale.append((name, path, recorded))
+        if not stale:
+            return
+        name, path, recorded = stale[0]
+        others = f" (and {len(stale) - 1} more shard(s): {', '.join(n for n, _, _ in stale[1:])})" if stale[1:] else ""
+        why = (f"were computed from input sha256 {recorded}, but {path} has sha256 {plan.digests[name]}: "
+               "the shard changed since it was embedded" if recorded else
+               "do not record which input they were computed from (made by an older flame embed)")
+        raise FlameError(
+            f"the embeddings of shard {name!r} in {self.store.shard_path(name)} {why}{others}. "
+            f"Rerun `flame embed --input {self.shards_dir} --out {self.store.path.parent}` to re-embed it"
+        )
 
     def texts(self, train: TrainConfig) -> StoreTexts:
         return StoreTexts(self.store.path)
