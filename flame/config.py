@@ -324,17 +324,17 @@ class FlameConfig(_Section):
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Every value as ``section.key`` -> value, for logging to a tracker."""
-        flat: dict[str, Any] = {}
+        return flatten(self.model_dump(mode="json"))
 
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
-                for k, v in value.items():
-                    walk(f"{prefix}.{k}" if prefix else str(k), v)
-            else:
-                flat[prefix] = value
 
-        walk("", self.model_dump(mode="json"))
-        return flat
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``a.b.c`` -> value (lists are values)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 def repo_root() -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 import flame
 from flame.checkpoint import STATE_FILE, WEIGHTS_FILE, read_model_config
@@ -155,8 +156,9 @@ class FlamePyfunc(mlflow.pyfunc.PythonModel):
 
         return torch.stack([self.model.preprocess(decode_image(v, i)) for i, v in values])
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
-        import pandas as pd
+    # A DataFrame hint: MLflow infers no schema from it (the rows are checked here) and no
+    # longer warns at import that predict has no type hints.
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
         import torch
 
         from flame.model.zero_shot import label_logits

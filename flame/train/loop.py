@@ -4,9 +4,8 @@ tower) against the texts its text mode provides (``flame.train.text_modes``).
 Single process, or DDP under torchrun. Resumable exactly from the checkpoint folder:
 the data order, crops and positive picks depend only on (seed, epoch, key), and the
 model, optimizer, scheduler and RNG come back from it (``flame.checkpoint``). The train
-state records what the run was trained on (each shard's sha256 and the configuration that
-changes the training, ``training_config``); resuming against other data or settings is
-refused, naming what changed.
+state records what the run was trained on, and a resume against other texts, data or
+settings is refused, naming what changed (``flame.train.resume_check``).
 """
 
 from __future__ import annotations
@@ -30,58 +29,12 @@ from flame.train.batches import ShardBatches, shards_of_rank, steps_per_epoch
 from flame.train.distributed import DistContext, all_reduce_int, barrier, cleanup, data_parallel, init_distributed
 from flame.train.optim import build_optimizer, build_scheduler
 from flame.train.precision import resolve_precision
+from flame.train.resume_check import check_resumable, provenance
 from flame.train.step import NonFiniteError, TrainStep
 from flame.train.text_modes import text_mode_for
 from flame.train.text_modes.base import TextMode
 
 log = logging.getLogger(__name__)
-
-# Settings a resume may change: --epochs extends a run (the LR horizon is kept, see
-# run_training); logging and checkpoint cadence, the LLM's batch size (of `flame embed`) and
-# its cache folder change no weight.
-RESUME_MAY_CHANGE = {"train": ("epochs", "log_every_steps", "checkpoint_every_steps"),
-                     "text": ("batch_size", "cache_dir")}
-
-
-def training_config(config: FlameConfig) -> dict[str, Any]:
-    """The configuration a resume must match: the image, train and text sections, of the text
-    side only what its mode reads (the LLM and prompts, or the CLIP baseline's text tower)."""
-    dumped = config.model_dump(mode="json")
-    if config.text.mode == "clip":
-        sections = {"text": {"mode": "clip"}, "clip_text": dumped["clip_text"]}
-    else:
-        sections = {"text": dumped["text"]}
-    sections.update(image=dumped["image"], train=dumped["train"])
-    for name, keys in RESUME_MAY_CHANGE.items():
-        for key in keys:
-            sections[name].pop(key, None)
-    return sections
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def config_changes(before: dict, now: dict) -> list[str]:
-    """``section.key: old -> new`` for every setting that differs."""
-    old, new = _flat(before), _flat(now)
-    return [f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
-            for key in sorted(set(old) | set(new)) if key not in old or key not in new or old[key] != new[key]]
-
-
-def data_changes(before: dict[str, str], now: dict[str, str]) -> list[str]:
-    """Shards added, removed or changed (by sha256) since ``before``."""
-    changes = [f"{name} added" for name in sorted(set(now) - set(before))]
-    changes += [f"{name} removed" for name in sorted(set(before) - set(now))]
-    changes += [f"{name} changed (sha256 {before[name][:12]}... -> {now[name][:12]}...)"
-                for name in sorted(set(now) & set(before)) if before[name] != now[name]]
-    return changes
-
 
 def run_training(
     config: FlameConfig,
@@ -161,31 +114,7 @@ class _Trainer:
                 log.info("no checkpoint in %s yet: starting from scratch", self.out_dir)
             return None
         state = ckpt.load_train_state(self.out_dir)
-        for what, theirs, ours in (
-            ("text encoder fingerprint", state.get("text_fingerprint"), self.mode.text_fingerprint),
-            ("embedding store fingerprint", state.get("store_fingerprint"), self.mode.source_fingerprint),
-        ):
-            if theirs != ours:
-                raise FlameError(
-                    f"refusing to resume {self.out_dir}: it was trained against {what} {theirs}, but "
-                    f"{self.mode.source} has {ours}; its text embeddings are not comparable. "
-                    "Train into another --out, or resume with the original embeddings"
-                )
-        for what, theirs, ours, diff in (
-            ("data", state.get("data_digests"), self.plan.digests, data_changes),
-            ("configuration", state.get("training_config"), training_config(self.config), config_changes),
-        ):
-            if theirs is None:
-                raise FlameError(
-                    f"refusing to resume {self.out_dir}: its train state does not record the {what} it was "
-                    "trained on (made by an older flame), so a resume cannot be checked; train into another --out"
-                )
-            changes = diff(theirs, ours)
-            if changes:
-                raise FlameError(
-                    f"refusing to resume {self.out_dir}: the {what} changed since it was trained: "
-                    f"{'; '.join(changes)}. Train into another --out, or resume with the original {what}"
-                )
+        check_resumable(state, self.out_dir, self.config, self.mode, self.plan)
         return state
 
     def _build_model(self, state: dict | None) -> None:
@@ -363,10 +292,7 @@ class _Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "steps_per_epoch": self.steps_per_epoch,
                 "horizon_epochs": self.horizon_epochs,
-                "text_fingerprint": self.mode.text_fingerprint,
-                "store_fingerprint": self.mode.source_fingerprint,
-                "data_digests": self.plan.digests,
-                "training_config": training_config(self.config),
+                **provenance(self.config, self.mode, self.plan),
             })
         barrier(self.ctx)
 
