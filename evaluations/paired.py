@@ -58,7 +58,8 @@ def parse_gate_metric(gate_metric: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class EvalSet:
-    """The data and text protocol one gate metric is scored on (``limit``: first N images only)."""
+    """The data and text protocol one gate metric is scored on (``limit``: first N images only;
+    ``max_pixels``: the image reader's limit, ``image.max_pixels``)."""
 
     benchmark: str
     task: str
@@ -68,6 +69,7 @@ class EvalSet:
     eval_config: EvalConfig
     manifest: Path
     limit: int | None = None
+    max_pixels: int | None = None
 
     @property
     def gate_metric(self) -> str:
@@ -120,9 +122,9 @@ def load_eval_set(config: FlameConfig, *, limit: int | None = None) -> EvalSet:
     data = bench.load(path, config.eval)
     if limit:
         data = data.subset(list(range(min(limit, len(data.images)))))
-    check_images(data.images, what=benchmark)
+    check_images(data.images, what=benchmark, max_pixels=config.image.max_pixels)
     protocol = text_protocol(config.eval, bench.task, benchmark)
-    return EvalSet(benchmark, bench.task, metric, data, protocol, config.eval, path, limit)
+    return EvalSet(benchmark, bench.task, metric, data, protocol, config.eval, path, limit, config.image.max_pixels)
 
 
 def eval_set_fingerprint(config: FlameConfig, *, limit: int | None = None) -> str:
@@ -153,7 +155,8 @@ class QueryHits:
 def score_per_query(model, eval_set: EvalSet) -> QueryHits:
     """``model``'s hits on ``eval_set``, embedded and ranked as ``evaluations.runner`` does."""
     cfg, data, protocol = eval_set.eval_config, eval_set.data, eval_set.protocol
-    image_emb = embed_images(model, data.images, cfg.batch_size, desc=f"{eval_set.benchmark}: images")
+    image_emb = embed_images(model, data.images, cfg.batch_size, desc=f"{eval_set.benchmark}: images",
+                             max_pixels=eval_set.max_pixels)
     n_images = len(data.images)
     if eval_set.task in RETRIEVAL_TASKS:
         family, k = _RETRIEVAL_METRIC.fullmatch(eval_set.metric).groups()

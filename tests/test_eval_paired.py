@@ -49,6 +49,13 @@ def test_gate_metrics_that_cannot_be_scored_per_query_are_named(eval_config):
         paired.load_eval_set(eval_config, limit=0)
 
 
+def test_the_eval_set_reads_images_with_the_configured_pixel_limit(eval_config):
+    assert paired.load_eval_set(eval_config, limit=2).max_pixels == eval_config.image.max_pixels
+    tight = eval_config.model_copy(update={"image": eval_config.image.model_copy(update={"max_pixels": 100})})
+    with pytest.raises(FlameError, match=r"too large: .* > limit 100 \(image.max_pixels\)"):
+        paired.load_eval_set(tight, limit=2)
+
+
 @pytest.fixture
 def shared_data(tmp_path, monkeypatch):
     """3-image stand-ins of flickr8k-866 (dev split) and imagenet-200x5 under $FLAME_SHARED_DATA."""

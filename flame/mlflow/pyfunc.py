@@ -116,8 +116,9 @@ def _logged_metadata(checkpoint: Path) -> tuple[Path, dict[str, Any]]:
     return path, Model.load(str(path)).metadata or {}
 
 
-def decode_image(value: str, row: int):
-    """A PIL image from a file path, a ``data:`` URI or plain base64; errors name the row."""
+def decode_image(value: str, row: int, max_pixels: int | None = None):
+    """A PIL image from a file path, a ``data:`` URI or plain base64 (at most ``max_pixels``);
+    errors name the row."""
     text = value.strip()
     source: str | bytes = text
     if not text.startswith("data:") and not (len(text) < 4096 and Path(text).is_file()):
@@ -126,7 +127,7 @@ def decode_image(value: str, row: int):
         except (binascii.Error, ValueError):
             raise FlameError(f"row {row}: image is neither an existing file nor base64 ({value[:60]!r})") from None
     try:
-        return read_image(source)
+        return read_image(source, max_pixels)
     except ImageReadError as exc:
         raise FlameError(f"row {row}: image bytes are not a readable image ({exc})") from None
 
@@ -154,7 +155,8 @@ class FlamePyfunc(mlflow.pyfunc.PythonModel):
     def _pixels(self, values: list[tuple[int, str]]):
         import torch
 
-        return torch.stack([self.model.preprocess(decode_image(v, i)) for i, v in values])
+        limit = self.model.image_config.max_pixels  # the checkpoint's own image.max_pixels
+        return torch.stack([self.model.preprocess(decode_image(v, i, limit)) for i, v in values])
 
     # A DataFrame hint: MLflow infers no schema from it (the rows are checked here) and no
     # longer warns at import that predict has no type hints.

@@ -153,7 +153,8 @@ def evaluation_asset(config: FlameConfig) -> AssetsDefinition:
         trained_dir = Path(trained["checkpoint"])
         out_dir = storage.paths(settings).evaluations / trained_dir.name
         start = time.monotonic()
-        result = evaluate_benchmarks(load_model(trained_dir), config.benchmarks, out_dir, settings.eval)
+        result = evaluate_benchmarks(load_model(trained_dir), config.benchmarks, out_dir, settings.eval,
+                                     max_pixels=settings.image.max_pixels)
         seconds = time.monotonic() - start
         result_file = out_dir / EVALUATION_FILE
         write_json(result_file, result)
