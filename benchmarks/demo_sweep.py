@@ -24,7 +24,6 @@ about 40 minutes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import shlex
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.flame_vs_clip import flame_cli  # noqa: E402
 from flame.atomic import write_json, write_text  # noqa: E402
 from flame.config import load_config, read_params  # noqa: E402
+from flame.digest import config_digest  # noqa: E402
 
 BENCH = "sample-dev-retrieval"
 TRAIN_MANIFEST = ROOT / "data" / "sample" / "train.jsonl"
@@ -105,7 +105,7 @@ def describe(cfg) -> dict:
 
 
 def text_key(cfg) -> str:
-    return hashlib.md5(json.dumps(cfg.text.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:8]
+    return config_digest(cfg.text.model_dump(mode="json"), 8)
 
 
 def recalls(path: Path) -> dict:

@@ -40,7 +40,7 @@ def main() -> None:
     import mlflow
     import pandas as pd
 
-    from evaluations.promotion import register_and_gate
+    from flame.app.promotion import register_and_gate
     from flame.mlflow.pyfunc import log_flame_model
     from flame.mlflow.tracker import MlflowTracker
 

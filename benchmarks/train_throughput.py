@@ -69,7 +69,7 @@ def write_sample_shards(directory: Path, count: int, per_shard: int) -> list[str
 
 def write_random_store(root: Path, shards: Path, k: int) -> Path:
     from flame.data.shards import iter_shard, list_shards, shard_name
-    from flame.files import sha256_file
+    from flame.digest import sha256_file
 
     store = EmbeddingStore.create(root, {"K": k, "D": LLM_WIDTH, "fingerprint": "benchmark0000000",
                                          "fingerprint_inputs": {"benchmark": True}, "layout": []})

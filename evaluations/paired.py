@@ -9,7 +9,6 @@ runner reports for it.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from evaluations.metrics import RECALL_KS, classification_hits, hit_rate, mean_r
 from evaluations.protocol import TextProtocol, text_protocol
 from evaluations.tasks.zeroshot_classification import class_embeddings
 from flame.config import EvalConfig, FlameConfig
+from flame.digest import Digest
 from flame.errors import FlameError
 
 RETRIEVAL_TASKS = ("retrieval", "long_retrieval")
@@ -77,33 +77,20 @@ class EvalSet:
 
     def fingerprint(self) -> str:
         """sha256 of the files (manifest, every image read) plus the settings that change scores."""
-        h = hashlib.sha256()
+        digest = Digest()
         settings = (self.benchmark, self.task, self.metric, str(self.limit), self.protocol.facet_set,
                     self.protocol.pooling, *self.protocol.template_strings())
         for value in settings:
-            _feed(h, value.encode("utf-8"))
+            digest.add(value)
         for path in _files_under(self.manifest):
-            _feed(h, path.relative_to(self.manifest.parent).as_posix().encode("utf-8"))
-            _feed_file(h, path)
+            digest.add(path.relative_to(self.manifest.parent).as_posix()).add_file(path)
         for ref in self.data.images:
             local = Path(ref)
             if local.is_file():
-                _feed_file(h, local)
+                digest.add_file(local)
             else:  # a remote image: its URL is all that can be known without fetching it
-                _feed(h, ref.encode("utf-8"))
-        return h.hexdigest()
-
-
-def _feed(h, data: bytes) -> None:
-    h.update(len(data).to_bytes(8, "big"))  # length-prefixed: no two sequences hash alike
-    h.update(data)
-
-
-def _feed_file(h, path: Path) -> None:
-    h.update(path.stat().st_size.to_bytes(8, "big"))
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+                digest.add(ref)
+        return digest.hexdigest()
 
 
 def _files_under(path: Path) -> list[Path]:

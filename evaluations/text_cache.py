@@ -12,7 +12,6 @@ never rewritten whole. A part that cannot be read is ignored (and recomputed).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from flame.atomic import atomic_path
 from flame.cache import cache_dir
+from flame.digest import sha256_text
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def cache_root() -> Path:
 
 
 def _key(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    return sha256_text(text)[:32]
 
 
 def _safe(name: str) -> str:

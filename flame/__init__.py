@@ -10,8 +10,9 @@ Packages: ``flame.text`` (frozen LLM, facet-decoupled prompts, embedding store),
 ``flame.data`` (manifests, img2dataset ingestion, shards, the image reader),
 ``flame.model`` (FlameModel, its towers, transforms, zero-shot), ``flame.train`` (the
 loop, text modes, batches), ``flame.losses``, ``flame.checkpoint`` (the folder layout),
-``flame.tracking`` and ``flame.mlflow`` (tracking, pyfunc, registry gate). The command
-line (``flame.cli``, ``flame.commands``) sits on top and also drives ``evaluations``.
+``flame.tracking`` and ``flame.mlflow`` (tracking, pyfunc, registry). The application
+(``flame.app``: the command line, the pipeline's steps, the promotion gate) sits on top and
+also drives ``evaluations``; nothing else in ``flame`` imports it.
 """
 
 __version__ = "0.1.0"

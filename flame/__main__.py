@@ -1,5 +1,5 @@
 import sys
 
-from flame.cli import main
+from flame.app.cli import main
 
 sys.exit(main())

@@ -1,20 +1,10 @@
-"""Files by content and cheap copies of them: a file's sha256, and a hard link where the file
-system allows one (a copy where it does not)."""
+"""Cheap copies of files: a hard link where the file system allows one, a copy where it does not."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def link_or_copy(src: str | Path, dst: str | Path) -> str | Path:

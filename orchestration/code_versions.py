@@ -1,10 +1,11 @@
 """Asset code versions: a digest of the source files an asset runs, so the Dagster UI marks an
 asset whose code changed since it was materialised."""
 
-import hashlib
 import importlib.util
 from functools import cache
 from pathlib import Path
+
+from flame.digest import Digest
 
 
 def _sources(module: str) -> list[Path]:
@@ -20,9 +21,8 @@ def _sources(module: str) -> list[Path]:
 @cache
 def code_version(*modules: str) -> str:
     """A 12-hex digest of the source of ``modules`` (packages include their submodules)."""
-    digest = hashlib.sha256()
+    digest = Digest()
     for module in modules:
         for path in _sources(module):
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
+            digest.add(path.name).add_file(path)
+    return digest.hexdigest(12)

@@ -32,7 +32,7 @@ class PromoteConfig(Config):
 @op(description="Promote: gate the challenger against the champion, or force a version to champion.")
 def promote_champion(context: OpExecutionContext, config: PromoteConfig, flame_config: FlameConfigResource,
                      mlflow: MlflowResource) -> dict:
-    from evaluations.promotion import gate_challenger
+    from flame.app.promotion import gate_challenger
     from flame.mlflow.gate import promote
 
     settings = runtime_config(flame_config, mlflow)

@@ -17,7 +17,7 @@ from dagster import DynamicPartitionsDefinition
 from flame.config import FlameConfig
 from flame.data.manifest import read_rows
 from flame.errors import FlameError
-from flame.files import sha256_file
+from flame.digest import sha256_file
 from orchestration.resources import base_manifests, incoming_dir
 
 DATA_SHARDS = DynamicPartitionsDefinition(name="data_shards")

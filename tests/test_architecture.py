@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("flame", "evaluations", "orchestration")
 # The command line sits above both the library core and the evaluations it drives.
-CLI_LAYER = ("flame.cli", "flame.commands", "flame.__main__")
+CLI_LAYER = ("flame.app", "flame.__main__")
 ORCHESTRATION_ONLY = {"dagster", "dagster_pipes", "dagster_webserver", "dvc"}
 
 

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from flame.cli import main
+from flame.app.cli import main
 from flame.config import ConfigError, load_config, profile_names, read_params, repo_root
 
 

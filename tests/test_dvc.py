@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flame.cli import build_parser
+from flame.app.cli import build_parser
 from flame.config import FlameConfig, load_config, profile_names
 from orchestration.versioning import data_hashes, ensure_remote, record_and_tag, record_data, run_dvc, version_tags
 

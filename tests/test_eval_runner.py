@@ -130,7 +130,7 @@ def _evaluation_warnings(caplog) -> list[str]:
 
 
 def test_flame_evaluate_cli_all_and_manifest_errors(eval_checkpoint, eval_manifest, tmp_path, monkeypatch, capsys, caplog):
-    from flame.cli import main
+    from flame.app.cli import main
 
     monkeypatch.setenv("FLAME_SHARED_DATA", str(tmp_path / "no-shared-data"))
     out = tmp_path / "eval" / "results.json"
@@ -165,7 +165,7 @@ def test_flame_evaluate_cli_all_and_manifest_errors(eval_checkpoint, eval_manife
 
 
 def test_evaluate_skip_missing_counts_a_decompression_bomb(eval_checkpoint, eval_manifest, tmp_path, caplog):
-    from flame.cli import main
+    from flame.app.cli import main
 
     manifest = eval_manifest(2, extra=lambda i, row: {"captions": row["captions"][:1]})
     write_huge_png(manifest.parent / "imgs" / "bomb.png")

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from flame.cli import main
+from flame.app.cli import main
 from flame.config import read_params, repo_root
 from flame.paths import normalize_tracking_uri
 

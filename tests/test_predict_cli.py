@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flame.cli import main
+from flame.app.cli import main
 from flame.config import load_config, repo_root
 from flame.model import FlameModel
 from tests.fixtures.huge_png import write_huge_png

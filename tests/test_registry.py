@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from evaluations import paired
-from evaluations.promotion import beats, gate_challenger, register_and_gate
+from flame.app.promotion import beats, gate_challenger, register_and_gate
 from flame.config import ConfigError, load_config
 from flame.errors import FlameError
 from flame.mlflow import gate
@@ -216,7 +216,7 @@ def test_a_decision_is_recorded_only_against_the_champion_it_was_scored_against(
 _RACER = textwrap.dedent("""
     import json, sys
     from flame.config import load_config
-    from evaluations.promotion import register_and_gate
+    from flame.app.promotion import register_and_gate
     uri, name, exp, model_uri, checkpoint, training_id, limit = sys.argv[1:8]
     cfg = load_config(overrides={"tracking": {"tracking_uri": uri, "experiment": exp},
                                  "registry": {"model_name": name}})

@@ -18,10 +18,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from flame.cli import main as cli_main
+from flame.app.cli import main as cli_main
 from flame.config import load_config, repo_root
 from flame.errors import FlameError
-from flame.files import sha256_file
+from flame.digest import sha256_file
 from flame.text.embed import run_embedding
 from flame.text.encoder import TextEncoder
 from flame.text.llm import load_llm

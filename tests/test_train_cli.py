@@ -14,10 +14,10 @@ import torch
 import yaml
 
 import flame.model
-from flame.cli import main
+from flame.app.cli import main
 from flame.config import load_config, repo_root
 from flame.errors import FlameError
-from flame.files import sha256_file
+from flame.digest import sha256_file
 from flame.model import FlameModel
 from tests.fixtures.train import tiny_train_config, write_synthetic_store
 

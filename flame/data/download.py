@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import importlib
 import io
 import json
@@ -34,6 +33,7 @@ from img2dataset.downloader import Downloader, is_disallowed
 from flame.atomic import write_json, write_text
 from flame.data.manifest import Manifest, load_manifest, write_img2dataset_input
 from flame.data.shards import DOWNLOAD_STATE_FILE
+from flame.digest import sha256_text
 from flame.errors import FlameError
 
 log = logging.getLogger(__name__)
@@ -142,12 +142,9 @@ def _settings(data_config) -> dict:
 
 
 def _fingerprint(manifest: Manifest, data_config) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps(_settings(data_config), sort_keys=True).encode())
-    for row in manifest.rows:
-        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
-        h.update(b"\n")
-    return h.hexdigest()
+    # The text hashed is what earlier versions hashed piece by piece: existing downloads resume.
+    rows = "".join(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str) + "\n" for row in manifest.rows)
+    return sha256_text(json.dumps(_settings(data_config), sort_keys=True) + rows)
 
 
 def _check_state(out_dir: Path, fingerprint: str, overwrite: bool) -> None:

@@ -357,7 +357,7 @@ def record_decision(
 
 def promote(config: FlameConfig, version: str | int, tracking_uri: str | None = None) -> Decision:
     """Make ``version`` the champion regardless of the gate (a manual decision, recorded as such).
-    Gating the challenger is ``evaluations.promotion.gate_challenger``."""
+    Gating the challenger is ``flame.app.promotion.gate_challenger``."""
     client = connect(config, tracking_uri, must_exist=True)
     name = config.registry.model_name
     mv = _get_version(client, name, version)

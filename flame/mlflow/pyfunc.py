@@ -204,7 +204,7 @@ def log_flame_model(config: FlameConfig, checkpoint_dir: str | Path, run_id: str
                     name: str = "model", tracking_uri: str | None = None) -> str:
     """Log the checkpoint in ``checkpoint_dir`` as a stand-alone pyfunc to ``run_id`` (or to a new
     run in the profile's experiment); returns the model URI (``models:/m-...``) that
-    ``evaluations.promotion.register_and_gate`` takes. ``config`` only says where to log: what the
+    ``flame.app.promotion.register_and_gate`` takes. ``config`` only says where to log: what the
     model is comes from the checkpoint's own ``model_config.json``."""
     import mlflow
 

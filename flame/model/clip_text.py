@@ -9,8 +9,6 @@ inside the package), so any language tokenizes, if not well.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +17,7 @@ from open_clip.transformer import TextTransformer
 from torch import nn
 
 from flame.config import RAW_FACET_SET, ClipTextConfig, FlameConfig
+from flame.digest import config_digest
 
 # open_clip's BPE vocabulary size (49152 merges + byte tokens + start/end of text).
 VOCAB_SIZE = 49408
@@ -41,8 +40,7 @@ def clip_text_config(config: FlameConfig) -> dict:
 
 def clip_text_identity(clip_text: ClipTextConfig) -> str:
     """What a clip-mode training run is tied to (in place of the frozen LLM's fingerprint): its tower's shape."""
-    digest = hashlib.sha256(json.dumps(clip_text.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-    return f"clip-text-{digest[:16]}"
+    return f"clip-text-{config_digest(clip_text.model_dump(mode='json'), 16)}"
 
 
 class ClipText(nn.Module):

@@ -10,7 +10,6 @@ of resumption: a shard whose stored embeddings were computed from the same input
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from flame.config import FlameConfig, TextConfig
 from flame.data.shards import ShardSample, iter_shard, list_shards, shard_name
 from flame.errors import FlameError
-from flame.files import sha256_file
+from flame.digest import config_digest, sha256_file
 from flame.jsonl import iter_jsonl
 from flame.text.encoder import TextEncoder
 from flame.text.prompts import normalise_caption
@@ -44,7 +43,7 @@ class InputShard:
         read through a caption column, of those bytes and the column's name)."""
         digest = sha256_file(self.path)
         if self.caption_col and self.caption_col not in ("caption", "captions"):
-            digest = hashlib.sha256(f"{digest}\ncaption_col={self.caption_col}".encode("utf-8")).hexdigest()
+            digest = config_digest({"sha256": digest, "caption_col": self.caption_col})
         return digest
 
     def samples(self) -> Iterator[ShardSample]:

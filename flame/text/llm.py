@@ -10,7 +10,6 @@ folder keyed by the file's sha256, and later loads read that folder.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.metadata
 import logging
 import os
@@ -25,7 +24,7 @@ import torch
 from flame.cache import cache_dir as flame_cache_dir
 from flame.device import default_device, has_fast_bf16
 from flame.errors import FlameError
-from flame.files import sha256_file
+from flame.digest import Digest, sampled_file_digest, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +52,6 @@ class LoadedLLM:
     device: torch.device
     load_seconds: float
     from_cache: bool
-
-
-def _sampled_file_hash(path: Path, sample: int = 1 << 20) -> str:
-    """Name, size and the first/last MiB: multi-GB checkpoints are not hashed in full."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(f"{path.name}:{size}".encode())
-    with open(path, "rb") as handle:
-        digest.update(handle.read(sample))
-        if size > sample:
-            handle.seek(max(size - sample, sample))
-            digest.update(handle.read(sample))
-    return digest.hexdigest()
 
 
 def _find_gguf_in_distribution(dist_name: str, wanted: str | None) -> Path:
@@ -130,9 +117,9 @@ def resolve_source(llm: str, gguf_file: str | None = None, revision: str | None 
         weights = sorted(p for p in local.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
         if not weights:
             raise FlameError(f"text.llm={llm!r}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) in the folder")
-        digest = hashlib.sha256()
+        digest = Digest()
         for p in weights:
-            digest.update(f"{p.relative_to(local)}:{_sampled_file_hash(p)}".encode())
+            digest.add(f"{p.relative_to(local)}:{sampled_file_digest(p)}")
         return LLMSource(str(local), None, {"llm": str(local.resolve()), "weights": digest.hexdigest()})
     if llm.count("/") != 1 or llm.startswith(("/", ".")):
         raise FlameError(f"text.llm={llm!r}: not an installed package (gguf-package:NAME), a local path or a hub id")

@@ -11,7 +11,6 @@ recorded) counts as stale: ``flame embed`` recomputes it, training refuses it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from flame.atomic import atomic_path, write_json
+from flame.digest import config_digest
 from flame.errors import FlameError
 
 META_FILE = "meta.json"
@@ -31,10 +31,12 @@ STORE_DTYPE = torch.float16
 FORMAT_VERSION = 1
 
 
+# Hex digits of a store fingerprint: the digest of everything that changes the stored numbers.
+FINGERPRINT_HEX = 16
+
+
 def fingerprint_of(inputs: dict[str, Any]) -> str:
-    """A short stable hash of everything that changes the stored numbers."""
-    canonical = json.dumps(inputs, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+    return config_digest(inputs, FINGERPRINT_HEX)
 
 
 def _is_store_dir(path: Path) -> bool:

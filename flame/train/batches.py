@@ -25,7 +25,7 @@ from flame.config import ImageConfig
 from flame.data.images import read_image
 from flame.data.shards import ShardSample, iter_shard, list_shards, shard_name
 from flame.errors import FlameError
-from flame.files import sha256_file
+from flame.digest import sha256_file
 from flame.model.transforms import train_transform
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ from dagster import (
 from flame.atomic import atomic_path
 from flame.config import FlameConfig
 from flame.errors import FlameError
-from flame.files import link_or_copy, sha256_file
+from flame.digest import sha256_file
+from flame.files import link_or_copy
 from orchestration.code_versions import code_version
 from orchestration.lineage import upstream
 from orchestration.metadata import md_table

@@ -206,13 +206,13 @@ def _number(value) -> float:
 
 @asset(group_name=MODEL_GROUP, deps=["evaluation"], kinds={"mlflow"},
        automation_condition=AutomationCondition.eager(),
-       code_version=code_version("flame.mlflow", "evaluations.paired", "evaluations.promotion"),
+       code_version=code_version("flame.mlflow", "evaluations.paired", "flame.app.promotion"),
        description="The model logged to MLflow (a self-contained pyfunc) and registered as challenger; "
        "champion when, scored beside the current champion on the same evaluation set, it wins by "
        "registry.margin with a paired-bootstrap lower bound above zero. A training already registered "
        "is not registered again.")
 def registered_model(context: AssetExecutionContext, flame_config: FlameConfigResource, mlflow: MlflowResource) -> MaterializeResult:
-    from evaluations.promotion import register_and_gate
+    from flame.app.promotion import register_and_gate
     from flame.mlflow.gate import registered_version
     from flame.mlflow.pyfunc import log_flame_model
 

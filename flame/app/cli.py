@@ -1,31 +1,27 @@
-"""The ``flame`` command line. Each subcommand lives in a module of ``flame/commands/``
+"""The ``flame`` command line. Each subcommand lives in a module of ``flame/app/commands/``
 exposing ``HELP``, ``add_arguments(parser)`` and ``run(args, config) -> int``."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
+from flame.app.commands import config as config_command
+from flame.app.commands import demo, download, embed, evaluate, model_registry, predict, train
 from flame.config import ConfigError, load_config
 from flame.errors import FlameError
 
-# command name -> its module in flame/commands/
 COMMANDS = {
-    "download": "download",
-    "embed": "embed",
-    "train": "train",
-    "evaluate": "evaluate",
-    "predict": "predict",
-    "registry": "model_registry",
-    "demo": "demo",
-    "config": "config",
+    "download": download,
+    "embed": embed,
+    "train": train,
+    "evaluate": evaluate,
+    "predict": predict,
+    "registry": model_registry,
+    "demo": demo,
+    "config": config_command,
 }
-
-
-def _command_module(name: str):
-    return importlib.import_module(f"flame.commands.{COMMANDS[name]}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train a ViT against them, evaluate and register the model.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        try:
-            module = _command_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"flame.commands.{COMMANDS[name]}":
-                raise
-            continue
+    for name, module in COMMANDS.items():
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         cmd.add_argument("--profile", default=None, help="configuration profile (default: params.yaml's 'profile', i.e. tiny)")
         cmd.add_argument("--config", default=None, help="path to params.yaml (default: ./params.yaml, else the project's); "

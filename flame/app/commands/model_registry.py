@@ -66,13 +66,13 @@ def run(args, config) -> int:
     if args.action == "promote" and args.version is not None:
         result = gate.promote(config, args.version).to_dict()
     elif args.action == "promote":
-        from evaluations.promotion import gate_challenger
+        from flame.app.promotion import gate_challenger
 
         result = gate_challenger(config, limit=args.limit).to_dict()
     elif args.action == "rollback":
         result = gate.rollback(config)
     else:
-        from evaluations.promotion import register_and_gate
+        from flame.app.promotion import register_and_gate
 
         if not args.model_uri or not args.checkpoint:
             raise FlameError("registry register needs --model-uri and --checkpoint (the model's checkpoint folder, to score it)")
