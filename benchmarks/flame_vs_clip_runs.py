@@ -212,7 +212,7 @@ class Runner:
     def train(self, run: Run, params: Path) -> None:
         out = self.run_dir(run)
         cmd = ["train", "--config", str(params), "--profile", run.name, "--shards", str(run.subset.shards),
-               "--out", str(out), "--resume"]
+               "--out", str(out), "--resume", "--no-tracking"]
         if run.mode == "flame":
             cmd += ["--embeddings", str(self.store)]
         started = time.perf_counter()

@@ -141,7 +141,7 @@ class Setup:
             return base + ["--manifest", str(self.manifest), "--out", str(out), "--no-progress"]
         if step == "embed":
             return base + ["--input", str(self.shards), "--out", str(out), "--no-progress"]
-        return base + ["--shards", str(self.shards), "--embeddings", str(self.store), "--out", str(out), "--resume"]
+        return base + ["--shards", str(self.shards), "--embeddings", str(self.store), "--out", str(out), "--resume", "--no-tracking"]
 
 
 def command_env() -> dict[str, str]:

@@ -1,21 +1,21 @@
 """Asset checks, one or more per asset, naming their asset by key. Blocking ones stop the
-assets downstream of them in the same run; ``registered_model`` also refuses to register
-while any of ``REGISTRATION_GATES`` last failed."""
+assets downstream of them in the same run, and keep the automation from materialising them
+later (``AutomationCondition.all_deps_blocking_checks_passed``, see ``assets.model``)."""
 
 import math
 import warnings
 
 from dagster import (
     AssetCheckExecutionContext,
-    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetKey,
     MetadataValue,
     asset_check,
 )
 
 from flame import checkpoint
+from flame.mlflow.registry import CHAMPION, Registry
+from flame.text.store import EmbeddingStore
 from orchestration.lineage import upstream
 from orchestration.partitions import DATA_SHARDS
 from orchestration.resources import FlameConfigResource, MlflowResource
@@ -53,8 +53,6 @@ def download_success_rate(context: AssetCheckExecutionContext, flame_config: Fla
 @asset_check(asset="caption_embeddings", partitions_def=DATA_SHARDS, blocking=True,
              description="Embeddings are finite, one row per key, one key per downloaded image (EmbeddingStore.validate).")
 def embeddings_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    from flame.text.store import EmbeddingStore
-
     key = context.partition_key
     meta = upstream(context, "caption_embeddings", key)
     downloaded = int(upstream(context, "image_shards", key)["success"])
@@ -115,17 +113,10 @@ def evaluation_above_chance(context: AssetCheckExecutionContext, flame_config: F
 
 @asset_check(asset="registered_model", blocking=False, description="The registered model has a champion version.")
 def champion_exists(context: AssetCheckExecutionContext, flame_config: FlameConfigResource, mlflow: MlflowResource) -> AssetCheckResult:
-    from flame.mlflow.store import connect
-
     config = flame_config.load()
-    aliases = connect(config, mlflow.uri(config)).get_registered_model(config.registry.model_name).aliases
-    return AssetCheckResult(passed="champion" in aliases, metadata={"aliases": MetadataValue.json(dict(aliases))})
+    aliases = Registry.open(config, mlflow.uri(config)).aliases()
+    return AssetCheckResult(passed=CHAMPION in aliases, metadata={"aliases": MetadataValue.json(aliases)})
 
 
 ALL_CHECKS = [manifest_rows_usable, download_success_rate, embeddings_valid, training_loss_decreased,
               evaluation_above_chance, champion_exists]
-# Registration refuses to run while the latest evaluation of one of these failed.
-REGISTRATION_GATES = [
-    AssetCheckKey(AssetKey("flame_model"), "training_loss_decreased"),
-    AssetCheckKey(AssetKey("evaluation"), "evaluation_above_chance"),
-]

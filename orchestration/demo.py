@@ -3,19 +3,25 @@
 Registers the configured manifests' data shards as partitions, materialises the data
 assets of every shard not yet embedded, then trains, evaluates and registers, all
 in-process against a persistent Dagster instance (``$DAGSTER_HOME``, default
-``.dagster_home/`` in the repo) so the runs show up in the Dagster UI afterwards.
+``.dagster_home/`` in the repo, given the project's ``orchestration/dagster.yaml`` when it has
+none) so the runs show up in the Dagster UI afterwards. What it makes is recorded by DVC as
+``dvc repro`` would (``orchestration.versioning``): afterwards ``dvc status`` is clean and
+``dvc.lock`` is the pointer file to commit.
 The last line printed is one JSON object (see ``summary_line``).
 """
 
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from flame.config import load_config, repo_root
 from flame.errors import FlameError
+
+INSTANCE_CONFIG = Path(__file__).with_name("dagster.yaml")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,9 +56,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     from orchestration.checks import ALL_CHECKS
     from orchestration.definitions import pipeline_assets
     from orchestration.jobs import INGEST_ASSETS, MODEL_ASSETS
+    from flame.data.data_shards import discover_chunks
     from orchestration.lineage import latest_record, metadata_of
-    from orchestration.partitions import DATA_SHARDS, discover_chunks
-    from orchestration.pools import apply_pool_limits
+    from orchestration.partitions import DATA_SHARDS
     from orchestration.resources import build_resources
 
     started = time.monotonic()
@@ -61,7 +67,6 @@ def run_demo(args: argparse.Namespace) -> dict:
     resources = build_resources(params_path=params, profile=config.profile,
                                 tracking_uri=args.tracking_uri or "", storage_root=args.storage_root or "")
     instance = DagsterInstance.get()
-    apply_pool_limits(instance, config)
     keys = [c.key for c in discover_chunks(config)]
     known = set(instance.get_dynamic_partitions(DATA_SHARDS.name))
     instance.add_dynamic_partitions(DATA_SHARDS.name, [k for k in keys if k not in known])
@@ -90,13 +95,13 @@ def run_demo(args: argparse.Namespace) -> dict:
             durations[record.step_key] = round(record.event_specific_data.duration_ms / 1000, 1)
     model, scored, registered = (metadata_of(latest_record(instance, key))
                                  for key in ("flame_model", "evaluation", "registered_model"))
-    storage_root = resources["storage"].base(config)
+    storage = resources["storage"].paths(config)
     tracking_uri = resources["mlflow"].uri(config)
     return {
         "config": config,
         "keys": keys,
         "steps": {**steps, **{f"  {k}": v for k, v in durations.items()}},
-        "storage_root": storage_root,
+        "storage": storage,
         "tracking_uri": tracking_uri,
         "model": model,
         "evaluation": scored,
@@ -108,10 +113,10 @@ def run_demo(args: argparse.Namespace) -> dict:
 def report(out: dict, dagster_home: str) -> str:
     """Print what was produced and how to look at it; return the closing JSON line."""
     reg, model, ev = out["registered"], out["model"], out["evaluation"]
-    root = out["storage_root"]
+    storage = out["storage"]
     print("\n=== FLAME demo: produced ===")
-    print(f"data shards          {len(out['keys'])}: {root / 'shards'}")
-    print(f"caption embeddings   {root / 'embeddings'}")
+    print(f"data shards          {len(out['keys'])}: {storage.shards}")
+    print(f"caption embeddings   {storage.embeddings}")
     print(f"checkpoint           {model['checkpoint']}  (flame.model.load)")
     print(f"training             {model.get('steps')} steps, epoch losses {model.get('epoch_losses')}")
     print(f"evaluation           {ev['result']}")
@@ -144,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dagster_home:
         os.environ["DAGSTER_HOME"] = str(Path(args.dagster_home).resolve())
     os.environ.setdefault("DAGSTER_HOME", str(repo_root() / ".dagster_home"))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():  # the pools' limits, among others; an existing one is the operator's
+        shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
     # The Definitions read these too, so the Dagster UI started afterwards shows the same setup.
     if args.config:
         os.environ["FLAME_CONFIG"] = str(Path(args.config).resolve())

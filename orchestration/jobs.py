@@ -4,6 +4,7 @@ own two, promote and rollback (the same actions as ``flame registry promote|roll
 from dagster import AssetSelection, Config, OpExecutionContext, define_asset_job, job, op
 from pydantic import Field
 
+from flame.app import promotion
 from orchestration.partitions import DATA_SHARDS
 from orchestration.resources import FlameConfigResource, MlflowResource, runtime_config
 
@@ -32,23 +33,18 @@ class PromoteConfig(Config):
 @op(description="Promote: gate the challenger against the champion, or force a version to champion.")
 def promote_champion(context: OpExecutionContext, config: PromoteConfig, flame_config: FlameConfigResource,
                      mlflow: MlflowResource) -> dict:
-    from flame.app.promotion import gate_challenger
-    from flame.mlflow.gate import promote
-
     settings = runtime_config(flame_config, mlflow)
     if config.version is None:
-        decision = gate_challenger(settings, tracking_uri=settings.tracking.tracking_uri)
+        decision = promotion.gate_challenger(settings)
     else:
-        decision = promote(settings, version=config.version)
+        decision = promotion.promote(settings, version=config.version)
     context.log.info(f"{decision.decision}: {decision.reason}")
     return decision.to_dict()
 
 
 @op(description="Roll the champion back to the version it replaced (also after a hand-moved alias).")
 def rollback_champion(context: OpExecutionContext, flame_config: FlameConfigResource, mlflow: MlflowResource) -> dict:
-    from flame.mlflow.gate import rollback
-
-    result = rollback(runtime_config(flame_config, mlflow))
+    result = promotion.rollback(runtime_config(flame_config, mlflow))
     context.log.info(f"champion: v{result['from_version']} -> v{result['to_version']}")
     return result
 

@@ -1,5 +1,5 @@
 """Dagster resources, one per external system: the FLAME configuration (params.yaml), MLflow
-(its tracking URI) and the storage root (with its folder layout, ``StoragePaths``).
+(its tracking URI) and the storage root (its layout is ``flame.storage.StoragePaths``).
 
 Every value defaults from the environment so that ``dagster dev``, the demo and the
 tests point the same Definitions at different files: ``FLAME_CONFIG`` (params.yaml),
@@ -19,6 +19,7 @@ from dagster import ConfigurableResource, PipesSubprocessClient
 
 from flame.config import FlameConfig, load_config, repo_root
 from flame.paths import normalize_tracking_uri, resolve_path
+from flame.storage import StoragePaths
 
 
 class FlameConfigResource(ConfigurableResource):
@@ -28,8 +29,7 @@ class FlameConfigResource(ConfigurableResource):
     profile: str = ""
 
     def load(self) -> FlameConfig:
-        path = self.params_path or os.environ.get("FLAME_CONFIG") or str(repo_root() / "params.yaml")
-        return load_config(path, self.profile or None)
+        return load_config(self.params_file(), self.profile or None)
 
     def params_file(self) -> Path:
         return Path(self.params_path or os.environ.get("FLAME_CONFIG") or repo_root() / "params.yaml").resolve()
@@ -46,44 +46,13 @@ class MlflowResource(ConfigurableResource):
 
 
 class StorageResource(ConfigurableResource):
-    """Where assets live on disk: this root, else $FLAME_STORAGE_ROOT, else config.orchestration.storage_root."""
+    """Where assets live: this root, else $FLAME_STORAGE_ROOT, else config.orchestration.storage_root."""
 
     root: str = ""
 
-    def base(self, config: FlameConfig) -> Path:
+    def paths(self, config: FlameConfig) -> StoragePaths:
         typed = self.root or os.environ.get("FLAME_STORAGE_ROOT")
-        return Path(resolve_path(typed, Path.cwd()) if typed else config.orchestration.storage_root)
-
-    def paths(self, config: FlameConfig) -> "StoragePaths":
-        return StoragePaths(self.base(config))
-
-
-class StoragePaths:
-    """The folder layout under the storage root (one place, so assets and checks agree)."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.manifests = self.root / "manifests"  # one JSONL per partition (data shard)
-        self.downloads = self.root / "downloads"  # img2dataset output per partition
-        self.shards = self.root / "shards"  # <partition>.tar (+ .parquet, _stats.json): training input
-        self.embeddings = self.root / "embeddings"  # EmbeddingStore root
-        self.training_sets = self.root / "training_sets"  # <training id>/: links to exactly what it reads
-        self.models = self.root / "models"
-        self.evaluations = self.root / "evaluations"
-
-    def manifest(self, key: str) -> Path:
-        return self.manifests / f"{key}.jsonl"
-
-    def shard(self, key: str) -> Path:
-        return self.shards / f"{key}.tar"
-
-
-def incoming_dir(config: FlameConfig) -> Path:
-    return Path(config.orchestration.incoming_dir)
-
-
-def base_manifests(config: FlameConfig) -> list[Path]:
-    return [Path(m) for m in config.orchestration.manifests]
+        return StoragePaths(Path(resolve_path(typed, Path.cwd()) if typed else config.orchestration.storage_root))
 
 
 def definition_config() -> FlameConfig:

@@ -1,7 +1,7 @@
 """The sensors: manifests become data shards, and new data becomes a retrained model.
 
 - ``new_manifest`` (running by default): registers the data shards of the configured
-  manifests (so a fresh instance knows them), writes the configured pool limits, and turns
+  manifests (so a fresh instance knows them), and turns
   each manifest that lands in or changes in ``orchestration.incoming_dir`` into new data
   shards and one ingest run per shard (run key: shard + manifest digest, never run twice).
 - ``retrain_on_new_data`` (running by default): Dagster's declarative automation of the
@@ -24,15 +24,16 @@ from dagster import (
 )
 
 from flame.config import FlameConfig
+from flame.data.data_shards import configured_manifests, discover_chunks, incoming_manifests
+from flame.digest import sha256_file
 from orchestration.jobs import MODEL_ASSETS, ingest_job
-from orchestration.partitions import DATA_SHARDS, discover_chunks, file_digest, incoming_manifests
-from orchestration.pools import apply_pool_limits
-from orchestration.resources import FlameConfigResource, base_manifests
+from orchestration.partitions import DATA_SHARDS
+from orchestration.resources import FlameConfigResource
 
 
 def new_configured_keys(known: set[str], config: FlameConfig) -> list[str]:
     """Data shards of ``orchestration.manifests`` not among the ``known`` ones."""
-    return [c.key for c in discover_chunks(config, base_manifests(config)) if c.key not in known]
+    return [c.key for c in discover_chunks(config, configured_manifests(config)) if c.key not in known]
 
 
 def new_manifest_sensor(config: FlameConfig) -> SensorDefinition:
@@ -43,12 +44,11 @@ def new_manifest_sensor(config: FlameConfig) -> SensorDefinition:
     def new_manifest(context: SensorEvaluationContext, flame_config: FlameConfigResource):
         settings = flame_config.load()
         instance = context.instance
-        apply_pool_limits(instance, settings)
         known = set(instance.get_dynamic_partitions(DATA_SHARDS.name))
         new_keys = new_configured_keys(known, settings)
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         landed = incoming_manifests(settings)
-        current = {str(p): file_digest(p) for p in landed}
+        current = {str(p): sha256_file(p)[:16] for p in landed}
         changed = [p for p in landed if seen.get(str(p)) != current[str(p)]]
         requests = []
         for chunk in discover_chunks(settings, changed) if changed else []:

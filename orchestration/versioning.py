@@ -1,9 +1,19 @@
-"""Data versions with DVC: record materialised data (``dvc add`` for asset folders,
-``dvc commit`` for dvc.yaml stages), push it to the remote, and describe what a
-training used (git commit + DVC hashes) as MLflow run tags.
+"""Data versions with DVC: one lineage, whoever runs the pipeline.
 
-DVC runs as its CLI in the repository, so its own repo lock serialises concurrent
-callers; a caller that finds the lock taken waits and retries.
+``dvc.yaml``'s stages (shards, embeddings, train, evaluate, register) are the pipeline's steps
+over the storage layout (``flame.storage``) of the default storage root, ``data/``. ``dvc repro``
+records them itself; a Dagster run that makes the same files records the stages it made with
+``dvc commit`` (``record_stages``) and pushes them, so after either, ``dvc status`` is clean and
+``dvc.lock`` is the pointer file to commit. A training's MLflow run, and the model version
+registered from it, carry ``git.commit``, ``git.dirty`` and ``dvc.<path>`` = the DVC hash of each
+of its inputs (``lineage_tags``): another machine pulls exactly that data with ``pull``.
+
+A run whose configuration is not the repository's own (another params file or profile, or a
+storage root outside ``data/``) has nothing dvc.yaml describes: it is not recorded, and its tag
+``dvc.unversioned`` says why (``why_unversioned``).
+
+DVC runs as its CLI in the repository with ``--wait-for-lock``, so concurrent callers queue on
+DVC's own lock.
 """
 
 from __future__ import annotations
@@ -11,15 +21,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
+from flame.atomic import write_text
+from flame.config import FlameConfig, read_params, resolved_yaml
 from flame.errors import FlameError
 
-LOCK_RETRIES = 30
-LOCK_WAIT_S = 1.0
+# The stages a Dagster run records, by what it has made: the data before a training, the model after it.
+DATA_STAGES = ("config", "shards", "embeddings")
+MODEL_STAGES = ("train", "evaluate", "register")
+STORAGE_ROOT = "data"  # the storage root dvc.yaml describes, relative to the repository
+RESOLVED_PARAMS = "params.resolved.yaml"  # the config stage's output
+UNVERSIONED_TAG = "dvc.unversioned"
 
 
 def dvc_executable() -> str:
@@ -28,17 +43,11 @@ def dvc_executable() -> str:
 
 
 def run_dvc(repo: str | Path, *args: str) -> str:
-    """``dvc ARGS`` in ``repo``; waits while another process holds DVC's lock."""
-    cmd = [dvc_executable(), *args]
-    for _ in range(LOCK_RETRIES):
-        proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
-        if proc.returncode == 0:
-            return proc.stdout
-        output = proc.stderr + proc.stdout
-        if "Unable to acquire lock" not in output:
-            break
-        time.sleep(LOCK_WAIT_S)
-    raise FlameError(f"`dvc {' '.join(args)}` failed in {repo}: {output.strip()[-800:]}")
+    """``dvc ARGS`` in ``repo``, waiting while another process holds DVC's lock."""
+    proc = subprocess.run([dvc_executable(), "--wait-for-lock", *args], cwd=repo, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise FlameError(f"`dvc {' '.join(args)}` failed in {repo}: {(proc.stderr + proc.stdout).strip()[-800:]}")
+    return proc.stdout
 
 
 def ensure_remote(repo: str | Path, url: str | Path, name: str = "local") -> None:
@@ -50,70 +59,63 @@ def ensure_remote(repo: str | Path, url: str | Path, name: str = "local") -> Non
     run_dvc(repo, "remote", "add", "--local", "--force", "--default", name, target)
 
 
-def _relative(repo: Path, path: str | Path) -> str:
-    full = (repo / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
-    try:
-        return full.relative_to(repo.resolve()).as_posix()
-    except ValueError:
-        raise FlameError(f"{full} is outside the DVC repository {repo}; DVC can only version data inside it") from None
+def is_dvc_repo(repo: str | Path) -> bool:
+    return (Path(repo) / ".dvc").is_dir()
 
 
-def record_data(repo: str | Path, paths: list[str | Path] = (), stages: list[str] = (),
-                push: bool = True, remote: str | None = None) -> dict[str, str]:
-    """Record the current content of ``paths`` (``dvc add``) and of ``stages``' outputs
-    (``dvc commit``), push them, and return ``{path: dvc hash}`` for all of them."""
+def why_unversioned(repo: str | Path, config: FlameConfig, params_file: str | Path, storage_root: str | Path) -> str | None:
+    """Why DVC cannot record a run of ``config`` (read from ``params_file``) writing under
+    ``storage_root``; None when it can: the repository's own params.yaml and default profile,
+    and the storage root dvc.yaml describes."""
+    repo = Path(repo).resolve()
+    if not is_dvc_repo(repo):
+        return f"{repo} is not a DVC repository"
+    if Path(params_file).resolve() != repo / "params.yaml":
+        return f"the configuration {params_file} is not the repository's params.yaml, which dvc.yaml reads"
+    default = read_params(repo / "params.yaml").get("profile")
+    if config.profile != default:
+        return f"profile {config.profile!r} is not params.yaml's profile {default!r}, which dvc.yaml runs"
+    if Path(storage_root).resolve() != repo / STORAGE_ROOT:
+        return f"the storage root {storage_root} is not {repo / STORAGE_ROOT}, which dvc.yaml describes"
+    return None
+
+
+def record_stages(repo: str | Path, stages: tuple[str, ...] | list[str], profile: str, push: bool = True) -> None:
+    """Record the current deps and outputs of ``stages`` in dvc.lock (``dvc commit``), and push
+    their data to the default remote. The config stage's output is written first, as
+    ``dvc repro config`` would, so what is recorded is the configuration the run used."""
     repo = Path(repo)
-    rel = [_relative(repo, p) for p in paths]
-    for p in rel:
-        if not (repo / p).exists():
-            raise FlameError(f"cannot record {repo / p}: it does not exist")
-    if rel:
-        run_dvc(repo, "add", "--quiet", *rel)
-    if stages:
-        run_dvc(repo, "commit", "--force", "--quiet", *stages)
+    if "config" in stages:
+        write_text(repo / RESOLVED_PARAMS, resolved_yaml(repo / "params.yaml", profile))
+    (repo / STORAGE_ROOT / "incoming").mkdir(parents=True, exist_ok=True)  # a dependency of the shards stage
+    run_dvc(repo, "commit", "--force", "--quiet", *stages)
     if push:
-        targets = [f"{p}.dvc" for p in rel] + list(stages)
-        run_dvc(repo, "push", "--quiet", *(["--remote", remote] if remote else []), *targets)
-    hashes = data_hashes(repo)
-    wanted = set(rel) | {out for stage in stages for out in stage_outputs(repo, stage)}
-    return {p: h for p, h in hashes.items() if p in wanted}
+        run_dvc(repo, "push", "--quiet", *stages)
 
 
-def stage_outputs(repo: str | Path, stage: str) -> list[str]:
-    dvc_yaml = Path(repo) / "dvc.yaml"
-    stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")).get("stages", {}) if dvc_yaml.exists() else {}
-    if stage not in stages:
-        raise FlameError(f"{dvc_yaml}: no stage {stage!r}; stages: {sorted(stages)}")
-    return [next(iter(o)) if isinstance(o, dict) else o for o in stages[stage].get("outs", [])]
-
-
-def _dvc_files(repo: Path):
-    for folder, dirs, files in os.walk(repo):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
-        for name in files:
-            if name.endswith(".dvc"):
-                yield Path(folder) / name
-
-
-def data_hashes(repo: str | Path) -> dict[str, str]:
-    """``{path: md5}`` of every output recorded in ``*.dvc`` files and ``dvc.lock`` (paths
-    relative to the repository root; directories end in ``.dir``)."""
+def locked_hashes(repo: str | Path) -> dict[str, str]:
+    """``{path: md5}`` of every output recorded in dvc.lock and ``*.dvc`` files (paths relative
+    to the repository; folders end in ``.dir``)."""
     repo = Path(repo)
     hashes: dict[str, str] = {}
     for dvc_file in _dvc_files(repo):
         doc = yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}
         for out in doc.get("outs", []):
-            path = (dvc_file.parent / out["path"]).relative_to(repo).as_posix()
             if out.get("md5"):
-                hashes[path] = out["md5"]
+                hashes[(dvc_file.parent / out["path"]).relative_to(repo).as_posix()] = out["md5"]
     lock = repo / "dvc.lock"
     if lock.exists():
-        doc = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
-        for stage in (doc.get("stages") or {}).values():
+        for stage in ((yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages") or {}).values():
             for out in stage.get("outs", []):
                 if out.get("md5"):
                     hashes[out["path"]] = out["md5"]
     return hashes
+
+
+def _dvc_files(repo: Path):
+    for folder, dirs, files in os.walk(repo):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        yield from (Path(folder) / name for name in files if name.endswith(".dvc"))
 
 
 def git_commit(repo: str | Path) -> tuple[str, bool]:
@@ -128,69 +130,73 @@ def git_commit(repo: str | Path) -> tuple[str, bool]:
     return head.stdout.strip(), dirty
 
 
-def version_tags(repo: str | Path, paths: list[str | Path] | None = None) -> dict[str, str]:
-    """MLflow run tags: ``git.commit``, ``git.dirty`` and ``dvc.<path>`` = hash for the
-    recorded data (all of it, or only ``paths``)."""
-    repo = Path(repo)
+def lineage_tags(repo: str | Path, paths: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """MLflow tags: ``git.commit``, ``git.dirty`` and ``dvc.<path>`` = the recorded hash of each
+    of ``paths`` (relative to the repository); an error names a path DVC has not recorded."""
     sha, dirty = git_commit(repo)
-    tags = {"git.commit": sha, "git.dirty": str(dirty).lower()}
-    hashes = data_hashes(repo)
-    if paths is not None:
-        wanted = {_relative(repo, p) for p in paths}
-        missing = wanted - set(hashes)
-        if missing:
-            raise FlameError(f"not recorded by DVC yet (record_data first): {sorted(missing)}")
-        hashes = {p: h for p, h in hashes.items() if p in wanted}
-    tags.update({f"dvc.{p}": h for p, h in sorted(hashes.items())})
-    return tags
+    hashes = locked_hashes(repo)
+    missing = [p for p in paths if p not in hashes]
+    if missing:
+        raise FlameError(f"not recorded by DVC in {repo}: {missing}; record the stages that make them first")
+    return {"git.commit": sha, "git.dirty": str(dirty).lower(), **{f"dvc.{p}": hashes[p] for p in paths}}
 
 
-def is_dvc_repo(repo: str | Path) -> bool:
-    return (Path(repo) / ".dvc").is_dir()
+def outputs_of(repo: str | Path, stages: tuple[str, ...] | list[str]) -> list[str]:
+    """The outputs dvc.yaml declares for ``stages``."""
+    declared = (yaml.safe_load((Path(repo) / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages", {})
+    outs = []
+    for stage in stages:
+        if stage not in declared:
+            raise FlameError(f"{Path(repo) / 'dvc.yaml'}: no stage {stage!r}; stages: {sorted(declared)}")
+        outs += [next(iter(o)) if isinstance(o, dict) else o for o in declared[stage].get("outs", [])]
+    return outs
 
 
-def record_and_tag(repo: str | Path, paths: list[str | Path], push: bool = True) -> dict[str, str]:
-    """What an orchestrator calls after materialising data: record (and push) the ``paths``
-    that lie inside the DVC repository ``repo``, and return MLflow run tags (git commit and
-    their DVC hashes). Paths outside it, or a folder without DVC, are not versioned; the
-    tag ``dvc.unversioned`` lists them instead of failing the run."""
+def record_and_tag(repo: str | Path, config: FlameConfig, params_file: str | Path, storage_root: str | Path,
+                   stages: tuple[str, ...], tag_paths: tuple[str, ...]) -> dict[str, str]:
+    """What a Dagster run calls once it has made the outputs of ``stages``: record and push them,
+    and return the lineage tags of ``tag_paths``; for a run dvc.yaml does not describe, only the
+    git commit and ``dvc.unversioned`` (why)."""
+    why = why_unversioned(repo, config, params_file, storage_root)
+    if why is not None:
+        sha, dirty = git_commit(repo)
+        return {"git.commit": sha, "git.dirty": str(dirty).lower(), UNVERSIONED_TAG: why}
+    record_stages(repo, stages, config.profile)
+    return lineage_tags(repo, tag_paths)
+
+
+def pull(repo: str | Path, md5: str, dest: str) -> Path:
+    """Fetch the data DVC recorded with hash ``md5`` from the default remote into
+    ``repo/dest`` (through a pointer file ``dest.dvc`` written beside it): how another machine
+    gets exactly the data a model version names (its ``dvc.<path>`` tag)."""
     repo = Path(repo)
-    inside, outside = [], []
-    for p in paths:
-        full = Path(p) if Path(p).is_absolute() else repo / p
-        try:
-            full.resolve().relative_to(repo.resolve())
-            (inside if is_dvc_repo(repo) else outside).append(full)
-        except ValueError:
-            outside.append(full)
-    if inside:
-        record_data(repo, inside, push=push)
-    tags = version_tags(repo, inside) if inside else dict(zip(("git.commit", "git.dirty"),
-                                                           map(str, _git_pair(repo))))
-    if outside:
-        tags["dvc.unversioned"] = ", ".join(str(p) for p in outside)
-    return tags
-
-
-def _git_pair(repo: Path) -> tuple[str, str]:
-    sha, dirty = git_commit(repo)
-    return sha, str(dirty).lower()
+    pointer = repo / f"{dest}.dvc"
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(yaml.safe_dump({"outs": [{"md5": md5, "hash": "md5", "path": Path(dest).name}]}), encoding="utf-8")
+    run_dvc(repo, "pull", "--quiet", str(pointer.relative_to(repo)))
+    return repo / dest
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m orchestration.versioning [PATH...]``: record, push and print the tags."""
+    """``python -m orchestration.versioning tags PATH...`` or ``pull --md5 X.dir --dest FOLDER``."""
     import argparse
     import json
 
-    parser = argparse.ArgumentParser(description="Record data folders with DVC, push them, print their versions.")
-    parser.add_argument("paths", nargs="*", help="data folders to record (dvc add)")
-    parser.add_argument("--stage", action="append", default=[], help="dvc.yaml stage whose outputs to record (dvc commit)")
-    parser.add_argument("--repo", default=os.getcwd(), help="the DVC/git repository (default: current folder)")
-    parser.add_argument("--no-push", action="store_true", help="record only; do not push to the remote")
+    parser = argparse.ArgumentParser(description="Data versions with DVC.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    tags = sub.add_parser("tags", help="print the lineage tags of recorded paths")
+    tags.add_argument("paths", nargs="+", help="paths dvc.lock or a .dvc file records, e.g. data/shards")
+    fetch = sub.add_parser("pull", help="fetch recorded data by its hash (a model version's dvc.<path> tag)")
+    fetch.add_argument("--md5", required=True, help="its hash, e.g. 0123...abcd.dir")
+    fetch.add_argument("--dest", required=True, help="where to put it, relative to the repository")
+    for action in (tags, fetch):
+        action.add_argument("--repo", default=os.getcwd(), help="the git + DVC repository (default: current folder)")
     args = parser.parse_args(argv)
     try:
-        record_data(args.repo, args.paths, args.stage, push=not args.no_push)
-        print(json.dumps(version_tags(args.repo), indent=2))
+        if args.action == "tags":
+            print(json.dumps(lineage_tags(args.repo, args.paths), indent=2))
+        else:
+            print(pull(args.repo, args.md5, args.dest))
     except FlameError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

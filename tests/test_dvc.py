@@ -1,48 +1,44 @@
-"""DVC: the real dvc.yaml in a temporary git repository (dvc repro, push to a local
-remote, pull into a fresh clone), stage parameters that follow the selected profile and its
-``extends:`` chain, the committed dvc.lock, and orchestration.versioning against a real DVC repo."""
+"""DVC: dvc.yaml's stages are the pipeline's steps over the storage layout; their parameters follow
+the selected profile and what it inherits; ``dvc repro`` runs the whole pipeline to a registered
+model whose version names its data; ``orchestration.versioning`` records the stages a Dagster run
+made, tags lineage, and pulls data by hash on another clone — all against real DVC repositories."""
 
 import filecmp
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flame.app.cli import build_parser
-from flame.config import FlameConfig, load_config, profile_names
-from orchestration.versioning import data_hashes, ensure_remote, record_and_tag, record_data, run_dvc, version_tags
+from flame.config import FlameConfig, load_config, profile_names, resolved_yaml
+from flame.storage import StoragePaths
+from orchestration.dvc_stages import STAGES
+from orchestration.versioning import (
+    lineage_tags,
+    locked_hashes,
+    outputs_of,
+    pull,
+    record_and_tag,
+    record_stages,
+    run_dvc,
+    why_unversioned,
+)
+from tests.fixtures.clone import clone_env, dvc_status, git, make_clone, only_pointer_files, status_lines
+from tests.fixtures.orchestration import TEST_PROFILE, write_params, write_slice
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
-# Written by the `config` stage: the selected profile as flame resolves it; the stages' params.
 RESOLVED = "params.resolved.yaml"
-# What `dvc repro` on the sample pipeline leaves for git (beside dvc.yaml and params.yaml).
-PIPELINE_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", RESOLVED)
-PIPELINE_OUTS = ("data/pipeline/shards", "data/pipeline/embeddings", "outputs/pipeline/model", "outputs/pipeline/eval")
-
-
-def _git(repo, *args):
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
-                   env=dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-                            GIT_COMMITTER_EMAIL="t@t"))
-
-
-def _dvc(repo, *args):
-    return run_dvc(repo, *args)
+UP_TO_DATE = "Data and pipelines are up to date."
 
 
 def _changes(repo, *targets):
     """`dvc status --json` as {stage: [what changed]}: "changed command", a parameter as
-    "FILE:KEY STATE", a dependency or output as "PATH STATE". Data absent from the
-    repository (a deleted or uncached dependency or output) is left out: what is compared is
-    the record (dvc.lock) against dvc.yaml, params and the files present."""
+    "FILE:KEY STATE", a dependency or output as "PATH STATE"."""
     report = json.loads(run_dvc(repo, "status", "--json", *targets) or "{}")
     changes = {}
     for stage, entries in report.items():
@@ -55,7 +51,7 @@ def _changes(repo, *targets):
                 for path, state in items.items():
                     if isinstance(state, dict):
                         found += [f"{path}:{key} {what}" for key, what in state.items()]
-                    elif state not in ("deleted", "not in cache"):
+                    else:
                         found.append(f"{path} {state}")
         if found:
             changes[stage] = sorted(found)
@@ -69,213 +65,183 @@ def _edit_params(repo, edit):
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def _up_to_date(repo, *args):
-    proc = subprocess.run([str(Path(VENV_BIN) / "dvc"), "status", *args], cwd=repo, capture_output=True, text=True)
-    text = (proc.stdout + proc.stderr).lower()
-    return proc.returncode == 0 and ("up to date" in text or "in sync" in text)
-
-
-@pytest.fixture
-def dvc_repo(tmp_path, monkeypatch):
-    """A git + DVC repository holding the project's dvc.yaml and params.yaml, 6 sample images
-    and a local remote; ``flame`` on PATH."""
-    repo = tmp_path / "repo"
-    sample = repo / "data" / "sample"
-    (sample / "images").mkdir(parents=True)
-    rows = [json.loads(line) for line in (ROOT / "data/sample/train.jsonl").read_text().splitlines()[:6]]
-    with (sample / "train.jsonl").open("w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-            (sample / row["url"]).write_bytes((ROOT / "data/sample" / row["url"]).read_bytes())
-    for name in ("dvc.yaml", "params.yaml"):
-        (repo / name).write_bytes((ROOT / name).read_bytes())
-    monkeypatch.setenv("PATH", VENV_BIN + os.pathsep + os.environ["PATH"])
-    _git(repo, "init", "-q")
-    _dvc(repo, "init", "-q")
-    _dvc(repo, "config", "core.analytics", "false")
-    _dvc(repo, "remote", "add", "-d", "local", str(tmp_path / "remote"))
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-qm", "pipeline")
-    return repo
-
-
 @pytest.fixture
 def pipeline_copy(tmp_path, monkeypatch):
-    """A fresh git + DVC repository holding what git holds of the sample pipeline: dvc.yaml,
-    dvc.lock, params.yaml, params.resolved.yaml and data/sample (none of the pipeline's data)."""
+    """A fresh git + DVC repository holding dvc.yaml, params.yaml, params.resolved.yaml and
+    data/sample; ``flame`` on PATH."""
     repo = tmp_path / "copy"
-    repo.mkdir()
-    for name in PIPELINE_FILES:
-        shutil.copy2(ROOT / name, repo / name)
-    shutil.copytree(ROOT / "data/sample", repo / "data/sample")
+    (repo / "data" / "incoming").mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml", RESOLVED, ".gitignore"):
+        (repo / name).write_bytes((ROOT / name).read_bytes())
+    for path in (ROOT / "data" / "sample").rglob("*"):
+        if path.is_file():
+            (repo / path.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+            (repo / path.relative_to(ROOT)).write_bytes(path.read_bytes())
     monkeypatch.setenv("PATH", VENV_BIN + os.pathsep + os.environ["PATH"])
-    _git(repo, "init", "-q")
-    _dvc(repo, "init", "-q")
-    _dvc(repo, "config", "core.analytics", "false")
+    git(repo, "init", "-q")
+    run_dvc(repo, "init", "-q")
+    run_dvc(repo, "config", "core.analytics", "false")
+    run_dvc(repo, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "pipeline")
     return repo
 
 
-def test_dvc_yaml_stages_call_the_flame_cli_with_params_from_params_yaml():
+def _stand_ins(repo, stages):
+    """A file in every output of ``stages``, as if they had run."""
+    for out in outputs_of(repo, stages):
+        if out != RESOLVED:
+            (repo / out).mkdir(parents=True, exist_ok=True)
+            (repo / out / "stand-in").write_text(out)
+
+
+def test_dvc_yaml_stages_are_the_pipelines_steps_over_the_storage_layout():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert list(stages) == ["config", "download", "embed", "train", "evaluate"]
-    # `config` reads every profile and writes the selected one, resolved, for the others.
+    assert list(stages) == ["config", *STAGES]
     config = stages["config"]
     assert config["deps"] == ["params.yaml"] and "params" not in config and "${profile}" in config["cmd"]
     assert config["outs"] == [{RESOLVED: {"cache": False}}]
     sections = set(FlameConfig.model_fields) - {"profile"}
-    parser = build_parser()
-    for name, stage in list(stages.items())[1:]:
-        argv = shlex.split(stage["cmd"].replace("${profile}", params["profile"]))
-        assert argv[:2] == ["flame", name]
-        assert parser.parse_args(argv[1:]).profile == params["profile"]
+    layout = StoragePaths(Path("data"))
+    folders = {str(getattr(layout, name)) for name in ("shards", "embeddings", "training_sets", "models", "evaluations")}
+    for name in STAGES:
+        stage = stages[name]
+        assert shlex.split(stage["cmd"]) == ["python", "-m", "orchestration.dvc_stages", name, "--profile", "${profile}"]
         # Only sections of the resolved profile: none of params.yaml, so no stage tracks a
         # profile other than the selected one, nor misses what the selected one inherits.
         [entry] = stage["params"]
-        assert list(entry) == [RESOLVED] and entry[RESOLVED] and set(entry[RESOLVED]) <= sections, name
+        assert list(entry) == [RESOLVED] and {key.split(".")[0] for key in entry[RESOLVED]} <= sections, name
+        for out in stage.get("outs", []):
+            assert next(iter(out)) in folders and out[next(iter(out))]["persist"], (name, out)
     for name in profile_names(ROOT / "params.yaml"):  # every section is there whatever the profile
         assert sections <= set(load_config(ROOT / "params.yaml", name).model_dump(mode="json")), name
-    previous_outs = {RESOLVED}
-    for stage in list(stages.values())[1:]:
-        assert set(stage["deps"]) & previous_outs or stage is stages["download"]
-        previous_outs |= set(stage["outs"])
-    assert {"data/sample/dev.jsonl", "data/sample/images"} <= set(stages["evaluate"]["deps"])
+    produced = set()
+    for name in STAGES:  # each stage reads what an earlier one made, or the manifests
+        deps = set(stages[name]["deps"])
+        assert deps & produced or name == "shards", name
+        produced |= {next(iter(o)) for o in stages[name].get("outs", [])}
+    assert {"data/sample", "data/incoming"} <= set(stages["shards"]["deps"])
+    assert params["profile"] == "tiny"
 
 
-def test_dvc_lock_records_the_sample_pipeline_of_dvc_yaml_and_params_yaml(pipeline_copy):
-    """dvc.lock (committed) matches dvc.yaml, params.yaml and data/sample: in a fresh copy
-    without the pipeline's data, `dvc status` finds only that data missing."""
-    # `config` reruns on any edit of params.yaml (cheap); the lock must hold for what it resolves.
-    _dvc(pipeline_copy, "repro", "--single-item", "config")
-    stale = _changes(pipeline_copy)
-    assert not stale, f"dvc.lock is stale ({stale}): run `dvc repro` (with .venv active) and commit {PIPELINE_FILES}"
-    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
-    assert list(lock) == ["config", "download", "embed", "train", "evaluate"]
-    # evaluate reads the dev images (sample-dev-retrieval) as download reads the train ones.
-    dev_image = json.loads((pipeline_copy / "data/sample/dev.jsonl").read_text().splitlines()[0])["url"]
-    with (pipeline_copy / "data/sample" / dev_image).open("ab") as fh:
-        fh.write(b"\0")
-    assert _changes(pipeline_copy) == {stage: ["data/sample/images modified"] for stage in ("download", "evaluate")}
-    # The outputs are git-ignored; what the pipeline leaves for git is not.
-    for path in PIPELINE_OUTS:
+def test_params_resolved_is_what_flame_config_writes_for_the_default_profile():
+    profile = yaml.safe_load((ROOT / "params.yaml").read_text())["profile"]
+    assert (ROOT / RESOLVED).read_text() == resolved_yaml(ROOT / "params.yaml", profile), (
+        f"{RESOLVED} is stale: run `flame config --profile {profile} --out {RESOLVED}` and commit it")
+    for path in ("data/shards", "data/embeddings", "data/training_sets", "data/models", "data/evaluations",
+                 "data/incoming/new.jsonl"):
         assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0, path
-    for path in PIPELINE_FILES:
+    for path in ("dvc.yaml", "params.yaml", RESOLVED, "dvc.lock"):
         assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 1, path
 
 
 def test_stage_params_follow_the_selected_profile_and_what_it_inherits(pipeline_copy):
     repo = pipeline_copy
+    _stand_ins(repo, STAGES)
+    run_dvc(repo, "commit", "--force", "--quiet")
+    assert _changes(repo) == {}
 
     def after(edit):
         """Apply ``edit`` to params.yaml: only `config` has changed until it reruns; then the
         stages that read a changed resolved value."""
         _edit_params(repo, edit)
         assert set(_changes(repo)) == {"config"}
-        _dvc(repo, "repro", "--single-item", "config")
-        return _changes(repo)
+        run_dvc(repo, "repro", "--single-item", "config")
+        changed = _changes(repo)
+        run_dvc(repo, "commit", "--force", "--quiet")
+        return changed
 
-    # tiny, against the committed dvc.lock: train (the one reader of train.*) and nothing else.
+    # tiny: train (the one reader of train.*) and nothing else.
     assert after(lambda p: p["profiles"]["tiny"]["train"].update(epochs=1)) == {
         "train": [f"{RESOLVED}:train modified"]}
+    assert after(lambda p: p["profiles"]["tiny"]["registry"].update(margin=0.01)) == {
+        "register": [f"{RESOLVED}:registry modified"]}
 
-    # clip (extends tiny, overriding text.mode): record a run under it...
+    # clip (extends tiny, overriding text.mode): every stage runs with --profile clip...
     _edit_params(repo, lambda p: p.update(profile="clip"))
-    _dvc(repo, "repro", "--single-item", "config")
-    assert {stage for stage, what in _changes(repo).items() if "changed command" in what} == {
-        "download", "embed", "train", "evaluate"}  # --profile clip
-    for out in PIPELINE_OUTS:
-        (repo / out).mkdir(parents=True)
-        (repo / out / "stand-in").write_text(out)
-    _dvc(repo, "commit", "--force", "--quiet")
-    assert _changes(repo) == {}
-    # ...then a value clip inherits from tiny reruns exactly its readers...
+    run_dvc(repo, "repro", "--single-item", "config")
+    assert {stage for stage, what in _changes(repo).items() if "changed command" in what} == set(STAGES)
+    run_dvc(repo, "commit", "--force", "--quiet")
+    # ...a value clip inherits from tiny reruns exactly its readers...
     assert after(lambda p: p["profiles"]["tiny"]["text"].update(max_tokens=64)) == {
-        "embed": [f"{RESOLVED}:text modified"], "train": [f"{RESOLVED}:text modified"]}
-    _dvc(repo, "commit", "--force", "--quiet")
-    assert after(lambda p: p["profiles"]["tiny"]["train"].update(epochs=2)) == {
-        "train": [f"{RESOLVED}:train modified"]}
-    _dvc(repo, "commit", "--force", "--quiet")
+        "embeddings": [f"{RESOLVED}:text modified"], "train": [f"{RESOLVED}:text modified"]}
+    assert after(lambda p: p["profiles"]["tiny"]["data"].update(image_size=96)) == {
+        "shards": [f"{RESOLVED}:data modified"]}
     # ...while a value clip overrides, and another profile's, rerun nothing but `config`.
     assert after(lambda p: p["profiles"]["tiny"]["text"].update(mode="clip")) == {}
     assert after(lambda p: p["profiles"]["paper"]["train"].update(epochs=1)) == {}
 
 
-@pytest.mark.slow
-def test_repro_push_then_pull_into_a_fresh_clone_restores_identical_data(dvc_repo, tmp_path):
-    _dvc(dvc_repo, "repro", "download")
-    shards = dvc_repo / "data/pipeline/shards"
-    assert sorted(p.name for p in shards.glob("*.tar")) == ["00000.tar"]
-    lock = yaml.safe_load((dvc_repo / "dvc.lock").read_text())
-    assert lock["stages"]["download"]["outs"][0]["md5"].endswith(".dir")
-    assert _up_to_date(dvc_repo, "download")
-    _dvc(dvc_repo, "push")
-    _git(dvc_repo, "add", "dvc.lock", RESOLVED, "data/pipeline/.gitignore")
-    _git(dvc_repo, "commit", "-qm", "data")
+def test_recorded_stages_tag_lineage_and_another_clone_pulls_the_same_bytes(pipeline_copy, tmp_path):
+    repo = pipeline_copy
+    _stand_ins(repo, ("shards", "embeddings"))
+    (repo / "data" / "shards" / "a.tar").write_bytes(b"shard a")
+    config = load_config(repo / "params.yaml")
+    # A run of another params file or storage root: nothing recorded, and the tag says why.
+    elsewhere = record_and_tag(repo, config, tmp_path / "params.yaml", repo / "data", ("config", "shards"), ("data/shards",))
+    assert "is not the repository's params.yaml" in elsewhere["dvc.unversioned"] and not (repo / "dvc.lock").exists()
+    assert "is not" in why_unversioned(repo, config, repo / "params.yaml", tmp_path / "data")
+    assert "profile 'clip'" in why_unversioned(repo, load_config(repo / "params.yaml", "clip"), repo / "params.yaml",
+                                               repo / "data")
 
-    clone = tmp_path / "clone"
-    _git(tmp_path, "clone", "-q", str(dvc_repo), str(clone))
-    assert not (clone / "data/pipeline/shards").exists()
-    _dvc(clone, "pull", "download")
-    cmp = filecmp.dircmp(shards, clone / "data/pipeline/shards")
-    assert cmp.left_list == cmp.right_list and not cmp.diff_files and cmp.left_list
-    for name in cmp.common_files:
-        assert (shards / name).read_bytes() == (clone / "data/pipeline/shards" / name).read_bytes()
-    assert _up_to_date(clone, "download")
+    tags = record_and_tag(repo, config, repo / "params.yaml", repo / "data", ("config", "shards", "embeddings"),
+                          ("data/shards", "data/embeddings"))
+    head = git(repo, "rev-parse", "HEAD").strip()
+    assert tags["git.commit"] == head and tags["git.dirty"] == "false"
+    assert tags["dvc.data/shards"] == locked_hashes(repo)["data/shards"] and tags["dvc.data/shards"].endswith(".dir")
+    assert _changes(repo, "config", "shards", "embeddings") == {}
+    with pytest.raises(Exception, match="not recorded by DVC"):
+        lineage_tags(repo, ("data/models",))
 
+    (repo / "data" / "shards" / "b.tar").write_bytes(b"shard b")  # new data: recorded anew, a new hash
+    record_stages(repo, ("shards",), config.profile)
+    assert lineage_tags(repo, ("data/shards",))["dvc.data/shards"] != tags["dvc.data/shards"]
 
-@pytest.mark.slow
-def test_record_data_versions_and_pushes_asset_folders(dvc_repo, tmp_path):
-    shards, store = dvc_repo / "data/shards", dvc_repo / "data/embeddings"
-    shards.mkdir(parents=True)
-    store.mkdir(parents=True)
-    (shards / "a.tar").write_bytes(b"shard a")
-    (store / "a.safetensors").write_bytes(b"embeddings a")
-
-    # Two recordings at once (as two Dagster runs would): DVC's lock serialises them.
-    results, errors = {}, []
-
-    def record(path):
-        try:
-            results[path] = record_data(dvc_repo, [path])
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=record, args=(p,)) for p in ("data/shards", "data/embeddings")]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert not errors
-    first = data_hashes(dvc_repo)
-    assert results == {"data/shards": {"data/shards": first["data/shards"]},
-                       "data/embeddings": {"data/embeddings": first["data/embeddings"]}}
-    tags = version_tags(dvc_repo, ["data/shards", "data/embeddings"])
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=dvc_repo, capture_output=True, text=True).stdout.strip()
-    assert tags["git.commit"] == head and tags["dvc.data/shards"] == first["data/shards"]
-
-    (shards / "b.tar").write_bytes(b"shard b")
-    second = record_data(dvc_repo, [shards])
-    assert second["data/shards"] != first["data/shards"]
-    assert _up_to_date(dvc_repo, "--cloud", "data/shards.dvc")
-
-    other = tmp_path / "other-remote"
-    ensure_remote(dvc_repo, other)
-    record_data(dvc_repo, [shards])
-    assert any(p.is_file() for p in other.rglob("*"))
-    assert "other-remote" not in (dvc_repo / ".dvc/config").read_text()  # kept in config.local
-    with pytest.raises(Exception, match="outside the DVC repository"):
-        record_data(dvc_repo, [tmp_path])
+    # Another clone of the same commit, sharing only the remote: the first hash pulls the first bytes.
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(repo), str(other))
+    restored = pull(other, tags["dvc.data/shards"], "restored/shards")
+    assert sorted(p.name for p in restored.iterdir()) == ["a.tar", "stand-in"]
+    assert filecmp.cmp(restored / "a.tar", repo / "data" / "shards" / "a.tar", shallow=False)
 
 
 @pytest.mark.slow
-def test_record_and_tag_versions_inside_and_lists_outside(dvc_repo, tmp_path):
-    inside = dvc_repo / "data" / "manifests"
-    inside.mkdir(parents=True)
-    (inside / "a.jsonl").write_text("{}\n")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    tags = record_and_tag(dvc_repo, [inside, elsewhere], push=False)
-    assert tags["dvc.data/manifests"] == data_hashes(dvc_repo)["data/manifests"]
-    assert tags["dvc.unversioned"] == str(elsewhere) and len(tags["git.commit"]) == 40
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    tags = record_and_tag(plain, [plain])  # not a git or DVC repository: nothing versioned, nothing fails
-    assert tags["git.commit"] == "unknown" and tags["dvc.unversioned"] == str(plain)
+def test_dvc_repro_runs_the_pipeline_to_a_registered_model_that_names_its_data(tmp_path):
+    """`dvc repro` in a fresh clone, on a small default profile: the same steps as Dagster's assets,
+    to a registered, gated model whose version carries its git commit and data hashes; after it
+    `dvc status` is clean and git sees only dvc.lock."""
+    clone = make_clone(tmp_path / "clone")
+    write_slice(clone / "data" / "sample" / "slice.jsonl", 0, 16, split="dev", relative=True)
+    store = tmp_path / "mlflow.db"
+    params = write_params(clone / "params.yaml", ["data/sample/slice.jsonl"], "data/incoming", "data",
+                          f"sqlite:///{store}", default=True,
+                          extra={"train": {"epochs": 2}, "registry": {"gate_metric": "sample-dev-retrieval/mean_recall@5"}})
+    (clone / RESOLVED).write_text(resolved_yaml(params, TEST_PROFILE), encoding="utf-8")
+    (clone / "data" / "incoming").mkdir(parents=True, exist_ok=True)
+    git(clone, "add", "-A")
+    git(clone, "commit", "-qm", "a small default profile")
+    proc = subprocess.run([str(Path(VENV_BIN) / "dvc"), "repro"], cwd=clone, capture_output=True, text=True,
+                          timeout=900, env=clone_env(clone))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert dvc_status(clone) == UP_TO_DATE
+    changed = status_lines(clone)
+    assert changed and only_pointer_files(changed), changed
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}", registry_uri=f"sqlite:///{store}")
+    (version,) = client.search_model_versions(f"name='{load_config(params).registry.model_name}'")
+    hashes = locked_hashes(clone)
+    assert version.tags["git.commit"] == git(clone, "rev-parse", "HEAD").strip()
+    for path in ("data/shards", "data/embeddings", "data/training_sets"):
+        assert version.tags[f"dvc.{path}"] == hashes[path], path
+    assert version.tags["flame.decision"] == "first-version"
+    training_id = version.tags["flame.training_id"]
+    assert (clone / "data" / "models" / training_id / "model.safetensors").is_file()
+    assert (clone / "data" / "evaluations" / training_id / "evaluation.json").is_file()
+    # A change of a training setting reruns training and what follows it, nothing before it.
+    _edit_params(clone, lambda p: p["profiles"][TEST_PROFILE]["train"].update(lr=1e-4))
+    subprocess.run([str(Path(VENV_BIN) / "dvc"), "repro", "--single-item", "config"], cwd=clone, check=True,
+                   capture_output=True, env=clone_env(clone))
+    assert set(_changes(clone)) == {"train"}

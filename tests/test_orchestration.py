@@ -61,7 +61,7 @@ def test_one_definitions_object_with_the_whole_graph():
 
 
 def test_data_shards_cut_manifests_into_partition_keys(orchestration_env):
-    from orchestration.partitions import chunk_for_key, discover_chunks
+    from flame.data.data_shards import chunk_for_key, discover_chunks
 
     config = orchestration_env["resources"]["flame_config"].load()
     chunks = discover_chunks(config)
@@ -76,7 +76,7 @@ def test_data_shards_cut_manifests_into_partition_keys(orchestration_env):
 
 
 def test_manifests_with_the_same_name_are_refused(orchestration_env):
-    from orchestration.partitions import discover_chunks
+    from flame.data.data_shards import discover_chunks
 
     config = orchestration_env["resources"]["flame_config"].load()
     write_slice(orchestration_env["incoming"] / "slice.jsonl", 40, 4)
@@ -106,12 +106,11 @@ def test_sensor_registers_configured_shards_then_turns_a_new_manifest_into_inges
     resources = {"flame_config": flame_config}
     with DagsterInstance.ephemeral() as instance:
         # A fresh instance: the first tick registers the configured manifest's shards (no runs:
-        # the user materialises them) and writes the pool limits.
+        # the user materialises them); it writes nothing else into the instance.
         first = new_manifest(build_sensor_context(instance=instance, resources=resources))
         assert isinstance(first, SensorResult) and not first.run_requests
         assert list(first.dynamic_partitions_requests[0].partition_keys) == ["slice-00000", "slice-00001"]
-        limits = {p: instance.event_log_storage.get_concurrency_info(p).slot_count for p in ("flame-llm", "flame-train")}
-        assert limits == {"flame-llm": 1, "flame-train": 1}
+        assert instance.event_log_storage.get_concurrency_keys() == set()
         instance.add_dynamic_partitions(DATA_SHARDS.name, ["slice-00000", "slice-00001"])
         empty = new_manifest(build_sensor_context(instance=instance, resources=resources, cursor=first.cursor))
         assert isinstance(empty, SkipReason)
@@ -179,12 +178,34 @@ def test_relative_mlflow_store_is_the_repo_root(tmp_path, monkeypatch):
     monkeypatch.delenv("FLAME_STORAGE_ROOT", raising=False)
     config = FlameConfigResource(params_path=str(repo_root() / "params.yaml"), profile="tiny").load()
     assert MlflowResource().uri(config) == f"sqlite:///{repo_root() / 'mlflow.db'}"
-    assert StorageResource().base(config) == repo_root() / "data"
+    assert StorageResource().paths(config).root == repo_root() / "data"
     # A resource value or environment variable is typed in a shell: the current folder.
     assert MlflowResource(tracking_uri="sqlite:///here.db").uri(config) == f"sqlite:///{tmp_path / 'here.db'}"
     assert MlflowResource(tracking_uri="http://127.0.0.1:5000").uri(config) == "http://127.0.0.1:5000"
     monkeypatch.setenv("FLAME_STORAGE_ROOT", "store")
-    assert StorageResource().base(config) == tmp_path / "store"
+    assert StorageResource().paths(config).root == tmp_path / "store"
+
+
+def test_pool_limits_are_the_instances_and_an_operators_limit_stands(orchestration_env, tmp_path):
+    """The project's dagster.yaml gives every pool one slot; a limit set on the instance (as an
+    operator does in the UI) is kept: nothing in the definitions rewrites it."""
+    import shutil
+
+    from dagster import DagsterInstance
+
+    from orchestration.pools import LLM_POOL, TRAIN_POOL
+    from tests.fixtures.orchestration import INSTANCE_CONFIG
+
+    shutil.copyfile(INSTANCE_CONFIG, tmp_path / "dagster.yaml")
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.global_op_concurrency_default_limit == 1  # flame-llm and flame-train: one slot each
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots(TRAIN_POOL, 3)  # the operator's choice
+        from orchestration.definitions import build_definitions, definition_config
+
+        build_definitions(definition_config())  # building the definitions touches no pool
+        assert storage.get_concurrency_info(TRAIN_POOL).slot_count == 3
+        assert LLM_POOL not in storage.get_concurrency_keys()
 
 
 def test_evaluation_chance_pairs():
@@ -195,7 +216,7 @@ def test_evaluation_chance_pairs():
 
 
 def test_a_checkpoint_folder_has_one_writer_at_a_time(tmp_path):
-    from orchestration.training_set import exclusive
+    from orchestration.folder_lock import exclusive
 
     lock = tmp_path / "models" / "abc.lock"
     with exclusive(lock, "run first", "checkpoint folder abc"):

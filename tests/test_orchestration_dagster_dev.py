@@ -1,9 +1,11 @@
-"""The pipeline as its users work it, against a real ``dagster dev`` (webserver + daemon) on a
-fresh ``DAGSTER_HOME``, ``FLAME_STORAGE_ROOT`` and ``MLFLOW_TRACKING_URI``:
+"""The pipeline as its users work it, against a real ``dagster dev`` (webserver + daemon) in a
+fresh clone whose params.yaml has a small profile as its default, on a fresh ``DAGSTER_HOME``
+(holding the project's dagster.yaml), ``FLAME_STORAGE_ROOT`` and ``MLFLOW_TRACKING_URI``:
 
 1. the configured data shards become known by themselves (the new_manifest sensor's first tick);
 2. "Materialize all" (one asset backfill of every asset over all partitions, through the
-   webserver's GraphQL API, as the UI sends it) runs the whole chain to a registered model;
+   webserver's GraphQL API, as the UI sends it) runs the whole chain to a registered model, and
+   leaves DVC's record of it clean (``dvc status``) with nothing but dvc.lock for git;
 3. a dry run of the ``retrain`` schedule right after returns a skip that says why;
 4. a manifest dropped into the incoming folder is ingested by the sensor (two data shards,
    two runs at once, whose LLM steps never overlap: the flame-llm pool), then the
@@ -12,6 +14,7 @@ fresh ``DAGSTER_HOME``, ``FLAME_STORAGE_ROOT`` and ``MLFLOW_TRACKING_URI``:
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.orchestration import write_slice
+from flame.config import resolved_yaml
+from tests.fixtures.clone import clone_env, dvc_status, git, make_clone, only_pointer_files, status_lines
+from tests.fixtures.orchestration import INSTANCE_CONFIG, TEST_PROFILE, write_params, write_slice
 from tests.fixtures.tracking import free_port
 
 pytestmark = pytest.mark.slow
@@ -84,22 +89,31 @@ def wait_for(what: str, check, timeout: float, log: Path, every: float = 2.0):
 
 @pytest.fixture
 def fresh(orchestration_env, tmp_path, monkeypatch):
-    """A fresh Dagster home (no dagster.yaml), storage root and MLflow store, named only by the
-    three environment variables; sensors tick every second, automation every 5 s."""
-    from tests.fixtures.orchestration import TEST_PROFILE, write_params
-
+    """A fresh clone whose params.yaml has the small test profile as its default (committed), a
+    fresh Dagster home holding the project's dagster.yaml, the storage root inside the clone and
+    an MLflow store beside it, named only by the environment variables; sensors tick every
+    second, automation every 5 s."""
     env = orchestration_env
-    params = write_params(tmp_path / "params-dev.yaml", [env["manifest"]], env["incoming"],
-                          tmp_path / "profile-storage-unused", "sqlite:///unused.db",
+    clone = make_clone(tmp_path / "clone")
+    write_slice(clone / "data" / "sample" / "slice.jsonl", 0, 32, split="dev", relative=True)
+    params = write_params(clone / "params.yaml", ["data/sample/slice.jsonl"], "data/incoming", "data",
+                          "sqlite:///unused.db", default=True,
                           extra={"orchestration": {"sensor_interval_s": 1, "automation_interval_s": 5,
                                                    "download_retries": 0}})
-    home, storage = tmp_path / "fresh_home", tmp_path / "fresh_storage"
+    (clone / "params.resolved.yaml").write_text(resolved_yaml(params, TEST_PROFILE), encoding="utf-8")
+    git(clone, "add", "-A")
+    git(clone, "commit", "-qm", "a small default profile")
+    home = tmp_path / "fresh_home"
     home.mkdir()
+    shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
+    storage, incoming = clone / "data", clone / "data" / "incoming"
     tracking_uri = f"sqlite:///{tmp_path / 'fresh_mlflow.db'}"
     for name, value in {"DAGSTER_HOME": home, "FLAME_STORAGE_ROOT": storage, "MLFLOW_TRACKING_URI": tracking_uri,
-                        "FLAME_CONFIG": params, "FLAME_PROFILE": TEST_PROFILE}.items():
+                        "FLAME_CONFIG": params}.items():
         monkeypatch.setenv(name, str(value))
-    return {**env, "home": home, "storage": storage, "tracking_uri": tracking_uri, "params": params}
+    monkeypatch.delenv("FLAME_PROFILE", raising=False)  # params.yaml's default
+    return {**env, "clone": clone, "home": home, "storage": storage, "incoming": incoming,
+            "tracking_uri": tracking_uri, "params": params}
 
 
 @pytest.fixture
@@ -107,11 +121,12 @@ def dagster_dev(fresh):
     port = free_port()
     log = fresh["tmp"] / "dagster-dev.log"
     bin_dir = Path(sys.executable).parent
-    environment = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    environment = {**clone_env(fresh["clone"]), **{k: os.environ[k] for k in
+                                                   ("DAGSTER_HOME", "FLAME_STORAGE_ROOT", "MLFLOW_TRACKING_URI", "FLAME_CONFIG")}}
     with log.open("wb") as out:
         proc = subprocess.Popen([str(bin_dir / "dagster"), "dev", "-m", "orchestration.definitions",
                                  "-h", "127.0.0.1", "-p", str(port)],
-                                env=environment, stdout=out, stderr=subprocess.STDOUT, cwd=str(fresh["tmp"]),
+                                env=environment, stdout=out, stderr=subprocess.STDOUT, cwd=str(fresh["clone"]),
                                 start_new_session=True)
     try:
         def up():
@@ -173,7 +188,7 @@ def test_fresh_instance_materialize_all_then_skip_then_retrain_on_new_data(fresh
     from orchestration.partitions import DATA_SHARDS
 
     port, log = dagster_dev["port"], dagster_dev["log"]
-    config = load_config(fresh["params"], fresh["profile"])
+    config = load_config(fresh["params"])
     model_name = config.registry.model_name
     with DagsterInstance.get() as instance:  # the fresh DAGSTER_HOME dagster dev runs on
         # 1. Nobody registered anything: the sensor's first tick does.
@@ -192,7 +207,11 @@ def test_fresh_instance_materialize_all_then_skip_then_retrain_on_new_data(fresh
             assert _materializations(instance, key), key
         registry = _registry(fresh["tracking_uri"], model_name)
         assert registry["1"]["aliases"] == ["challenger", "champion"]
-        assert (fresh["storage"] / "shards" / "slice-00000.tar").is_file()  # FLAME_STORAGE_ROOT, not the profile's
+        assert (fresh["storage"] / "shards" / "slice-00000.tar").is_file()
+        # One lineage: DVC has recorded what Dagster made, and git sees nothing but the pointer file.
+        assert dvc_status(fresh["clone"]) == "Data and pipelines are up to date."
+        changed = status_lines(fresh["clone"])
+        assert changed and only_pointer_files(changed), changed
 
         # 3. Nothing new since: the schedule's dry run skips, and says why.
         (repo,) = graphql(port, LOCATIONS)["repositoriesOrError"]["nodes"]
@@ -227,6 +246,9 @@ def test_fresh_instance_materialize_all_then_skip_then_retrain_on_new_data(fresh
         assert tags["flame.decision"] in ("promoted", "rejected")
         assert ("champion" in registry["2"]["aliases"]) == (tags["flame.decision"] == "promoted")
         assert tags["flame.eval_set"] == registry["1"]["tags"]["flame.eval_set"]
+        assert tags["git.commit"] == git(fresh["clone"], "rev-parse", "HEAD").strip()
+        assert tags["dvc.data/training_sets"] != registry["1"]["tags"]["dvc.data/training_sets"]
+        assert dvc_status(fresh["clone"]) == "Data and pipelines are up to date."
 
         # 5. The registry's own jobs, from the Launchpad: force v2 to champion, then roll back.
         assert run_job(port, repo, "promote", {"ops": {"promote_champion": {"config": {"version": 2}}}}, log) == "SUCCESS"

@@ -14,10 +14,11 @@ from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, ma
 from orchestration import demo
 from orchestration.checks import ALL_CHECKS
 from orchestration.definitions import pipeline_assets
+from flame.data.data_shards import discover_chunks
 from orchestration.jobs import INGEST_ASSETS, MODEL_ASSETS
-from orchestration.schedules import nothing_new
-from orchestration.partitions import DATA_SHARDS, discover_chunks
+from orchestration.partitions import DATA_SHARDS
 from orchestration.resources import MlflowResource
+from orchestration.schedules import nothing_new
 from tests.fixtures.orchestration import SAMPLE
 
 
@@ -49,6 +50,7 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
     resources = env["resources"]
     config = resources["flame_config"].load()
     storage = env["storage"]
+    paths = resources["storage"].paths(config)
     assets = pipeline_assets(config) + ALL_CHECKS
     with DagsterInstance.get() as instance:  # DAGSTER_HOME in tmp_path, shared with the demo below
         keys = [c.key for c in discover_chunks(config)]
@@ -69,7 +71,7 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
         assert store.shards() == keys and store.validate()["samples"] == 32
 
         # All shards embedded, no model yet: the retrain schedule would train.
-        assert nothing_new(instance, config) is None
+        assert nothing_new(instance, config, paths) is None
         # A stray tar in the shards folder that no registered data shard names is never read.
         (storage / "shards" / "stray-00000.tar").write_bytes(shards[keys[0]].read_bytes())
 
@@ -108,7 +110,7 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
 
         trained = _meta(instance, "flame_model")
         # The schedule now skips: the same data and configuration are registered already.
-        assert f"training {trained['training_id']}" in nothing_new(instance, config)
+        assert f"training {trained['training_id']}" in nothing_new(instance, config, paths)
         assert trained["data_shards"] == keys
         # What the UI shows: the loss curve inline, the MLflow run as a link.
         assert trained["loss_plot"].startswith("**training loss per epoch**\n\n![") and "(data:image/png;base64," in trained["loss_plot"]
@@ -139,8 +141,9 @@ def test_whole_graph_then_failed_training_resumes_from_valid_data(orchestration_
         run = client.get_run(trained["mlflow_run_id"])
         assert version.run_id == run.info.run_id
         assert run.data.params["train.epochs"] == "20"
-        # Data versions: the storage root here is outside the repository, so DVC says so.
-        assert run.data.tags["git.commit"] and trained["training_set"] in run.data.tags["dvc.unversioned"]
+        # Data versions: this run's params file is not the repository's, so DVC records nothing and says why.
+        assert run.data.tags["git.commit"] and "is not the repository's params.yaml" in run.data.tags["dvc.unversioned"]
+        assert version.tags["dvc.unversioned"] == run.data.tags["dvc.unversioned"]
         assert run.data.tags["flame.training_id"] == trained["training_id"]
         assert any(name.startswith("sample-dev-retrieval/") for name in run.data.metrics)
 

@@ -1,23 +1,26 @@
 """The registry gate against a real `mlflow server`: both models scored on one eval set, the
 decision and its numbers recorded on the versions, one registration per training, manual
-promotion, rollback after an alias moved by hand, the CLI, and two registrations racing in
-two processes."""
+promotion, rollback after an alias moved by hand, the CLI, two registrations racing in two
+processes, and the compare-and-set that moves ``champion`` racing in two processes."""
 
 import json
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 
 import pytest
 from mlflow import MlflowClient
 
 from evaluations import paired
+from flame.app import promotion as gate
 from flame.app.promotion import beats, gate_challenger, register_and_gate
 from flame.config import ConfigError, load_config
 from flame.errors import FlameError
-from flame.mlflow import gate
+from flame.mlflow import registry as registry_module
 from flame.mlflow.pyfunc import log_flame_model
+from flame.mlflow.registry import Registry
 from flame.mlflow.tracker import MlflowTracker
 
 LIMIT = 6  # the first 6 sample-dev images and their 30 captions (texts cached by the session)
@@ -36,7 +39,7 @@ def _client(config):
 
 
 def _not_a_model(config, tmp_path) -> dict:
-    """A run artifact folder that holds no checkpoint: ``register_version`` keywords for it."""
+    """A run artifact folder that holds no checkpoint: ``Registry.register`` keywords for it."""
     folder = tmp_path / f"not-a-model-{uuid.uuid4().hex[:6]}"
     folder.mkdir()
     (folder / "weights.txt").write_text("not a checkpoint")
@@ -46,7 +49,16 @@ def _not_a_model(config, tmp_path) -> dict:
 
 
 def _aliases(config):
-    return gate.show(config)["aliases"]
+    return _show(config)["aliases"]
+
+
+def _show(config):
+    return Registry.open(config).show()
+
+
+def _register(config, model_uri, run_id=None, training_id=None):
+    unique = {gate.TAG_TRAINING_ID: training_id} if training_id else None
+    return Registry.open(config).register(model_uri, run_id=run_id, unique=unique)
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +114,15 @@ def test_an_identical_challenger_is_not_promoted_and_both_scores_are_recorded(ga
 
 
 @pytest.mark.slow
-def test_the_same_training_is_registered_once(gated):
+def test_the_same_training_is_registered_once(gated, eval_checkpoint):
     config, model_uri, _, _ = gated
-    again = register_and_gate(config, model_uri, checkpoint_dir="/nonexistent", training_id="train-2", limit=LIMIT)
+    again = register_and_gate(config, model_uri, checkpoint_dir=eval_checkpoint, training_id="train-2", limit=LIMIT)
     assert (again.version, again.decision, again.promoted, again.aliases) == ("2", "already-registered", False, ["challenger"])
-    existing = gate.registered_version(config, "train-2")
+    registry = Registry.open(config)
+    existing = registry.find({gate.TAG_TRAINING_ID: "train-2"})
     assert (str(existing.version), existing.source) == ("2", model_uri)
-    assert gate.registered_version(config, "never-trained") is None
-    assert [v["version"] for v in gate.show(config)["versions"]] == ["1", "2"]
+    assert registry.find({gate.TAG_TRAINING_ID: "never-trained"}) is None
+    assert [v["version"] for v in registry.show()["versions"]] == ["1", "2"]
 
 
 @pytest.mark.slow
@@ -154,7 +167,7 @@ def test_cli_show_lists_versions_with_aliases_and_decisions(gated):
 @pytest.mark.slow
 def test_a_champion_without_a_checkpoint_is_kept_and_the_reason_says_why(mlflow_server, eval_checkpoint, eval_text_cache, tmp_path):
     config = _config(mlflow_server)
-    version, created = gate.register_version(config, **_not_a_model(config, tmp_path))
+    version, created = _register(config, **_not_a_model(config, tmp_path))
     assert (version, created) == ("1", True)
     gate.promote(config, version)
     decision = register_and_gate(config, log_flame_model(config, eval_checkpoint), checkpoint_dir=eval_checkpoint, limit=LIMIT)
@@ -168,7 +181,7 @@ def test_rollback_follows_the_champion_history_even_after_an_alias_moved_by_hand
     config = _config(mlflow_server)
     name = config.registry.model_name
     source = _not_a_model(config, tmp_path)
-    versions = [gate.register_version(config, **source)[0] for _ in range(4)]
+    versions = [_register(config, **source)[0] for _ in range(4)]
     assert versions == ["1", "2", "3", "4"]
     assert gate.promote(config, 1).decision == "manual"
     manual = gate.promote(config, 2)
@@ -182,7 +195,7 @@ def test_rollback_follows_the_champion_history_even_after_an_alias_moved_by_hand
     client.delete_model_version(name, "2")
     back = gate.rollback(config)
     assert back == {"model_name": name, "from_version": "4", "to_version": "1"}  # v2 is gone: the one before it
-    assert _aliases(config)["champion"] == "1" and gate.show(config)["champion_history"] == ["1"]
+    assert _aliases(config)["champion"] == "1" and _show(config)["champion_history"] == ["1"]
     v4 = client.get_model_version(name, "4")
     assert v4.tags[gate.TAG_DECISION] == "rolled-back" and "returned from v4 to v1" in v4.description
     with pytest.raises(FlameError, match="no previous champion"):
@@ -190,7 +203,7 @@ def test_rollback_follows_the_champion_history_even_after_an_alias_moved_by_hand
 
     client.set_registered_model_alias(name, "champion", "3")
     assert gate.rollback(config)["to_version"] == "1"
-    # No lock entry is left behind.
+    # Nothing but the model is in the registry: no lock entry.
     assert [m.name for m in client.search_registered_models(f"name LIKE '{name}%'")] == [name]
 
 
@@ -200,14 +213,15 @@ def test_a_decision_is_recorded_only_against_the_champion_it_was_scored_against(
     name = config.registry.model_name
     source = _not_a_model(config, tmp_path)
     for _ in range(3):
-        gate.register_version(config, **source)
+        _register(config, **source)
     gate.promote(config, 1)
     won = gate.Decision(name, "3", True, "promoted", "promoted: test", config.registry.gate_metric, candidate_value=0.5,
                         champion_version="2", champion_value=0.25, eval_set="ab" * 32)
-    assert not gate.record_decision(config, won, expected_champion="2", scores={"3": 0.5, "2": 0.25})
+    registry = Registry.open(config)
+    assert not gate.record(registry, won, expected_champion="2", scores={"3": 0.5, "2": 0.25})
     assert gate.TAG_DECISION not in _client(config).get_model_version(name, "3").tags
-    assert gate.record_decision(config, won, expected_champion="1", scores={"3": 0.5, "1": 0.25})
-    shown = gate.show(config)
+    assert gate.record(registry, won, expected_champion="1", scores={"3": 0.5, "1": 0.25})
+    shown = registry.show()
     assert shown["aliases"] == {"champion": "3", "challenger": "3"} and shown["champion_history"] == ["1", "3"]
     assert shown["versions"][0]["tags"][gate.score_tag("ab" * 32)] == "0.25"
     assert shown["versions"][2]["tags"][gate.TAG_DECISION] == "promoted"
@@ -240,21 +254,49 @@ def test_two_registrations_at_once_keep_the_registry_consistent(gated, eval_chec
     assert all(p.returncode == 0 for p in procs)
     assert sorted(d["version"] for d in decisions) == ["2", "3"]
     assert all((d["decision"], d["champion_version"]) == ("rejected", "1") for d in decisions)
-    shown = gate.show(config)
+    shown = _show(config)
     assert shown["aliases"]["champion"] == "1" and shown["champion_history"] == ["1"]
-    assert [v["decision"] for v in shown["versions"]] == ["first-version", "rejected", "rejected"]
+    assert [v["tags"][gate.TAG_DECISION] for v in shown["versions"]] == ["first-version", "rejected", "rejected"]
+
+
+_MOVER = textwrap.dedent("""
+    import json, sys, time
+    from flame.config import load_config
+    from flame.mlflow.registry import Registry
+    uri, name, to, start = sys.argv[1:5]
+    registry = Registry.open(load_config(overrides={"tracking": {"tracking_uri": uri}, "registry": {"model_name": name}}))
+    time.sleep(max(0.0, float(start) - time.time()))  # both processes move at the same moment
+    print(json.dumps(registry.compare_and_set("champion", "1", to)))
+""")
 
 
 @pytest.mark.slow
-def test_a_lock_left_by_a_crashed_process_is_broken_once_stale(mlflow_server, tmp_path, monkeypatch):
+def test_two_champion_moves_from_the_same_champion_at_once_let_exactly_one_through(mlflow_server, tmp_path):
     config = _config(mlflow_server)
-    client = _client(config)
-    name = config.registry.model_name
-    client.create_registered_model(f"{name}.gate-lock")  # as a killed registrar leaves it
-    monkeypatch.setattr(gate, "LOCK_STALE_S", 1.0)
-    assert gate.register_version(config, **_not_a_model(config, tmp_path), training_id="t") == ("1", True)
-    assert gate.register_version(config, "unused", training_id="t") == ("1", False)
-    assert [m.name for m in client.search_registered_models(f"name LIKE '{name}%'")] == [name]
+    for _ in range(3):
+        _register(config, **_not_a_model(config, tmp_path))
+    assert Registry.open(config).compare_and_set("champion", None, "1")
+    start = time.time() + 8  # after both have imported and connected
+    procs = [subprocess.Popen([sys.executable, "-c", _MOVER, config.tracking.tracking_uri, config.registry.model_name,
+                               to, str(start)], stdout=subprocess.PIPE, text=True) for to in ("2", "3")]
+    moved = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
+    assert sorted(moved) == [False, True]
+    winner = ("2", "3")[moved.index(True)]
+    shown = _show(config)
+    assert shown["aliases"]["champion"] == winner and shown["champion_history"] == ["1", winner]
+
+
+@pytest.mark.slow
+def test_a_claim_left_by_a_killed_process_blocks_nothing(mlflow_server, tmp_path):
+    config = _config(mlflow_server)
+    registry = Registry.open(config)
+    _register(config, **_not_a_model(config, tmp_path))
+    registry.client.set_registered_model_tag(config.registry.model_name, registry_module.TAG_CLAIM,
+                                             json.dumps({"alias": "champion", "from": None, "to": "9", "token": "dead"}))
+    assert registry.compare_and_set("champion", None, "1") and registry.alias("champion") == "1"
+    assert not registry.compare_and_set("champion", None, "1")  # no longer what it expects
+    assert registry.compare_and_set("champion", "1", "1")  # nothing to move
+    assert _show(config)["champion_history"] == ["1"]
 
 
 def test_the_rule_needs_the_margin_and_an_interval_clear_of_zero():

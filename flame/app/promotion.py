@@ -1,81 +1,106 @@
-"""The promotion gate: a challenger and the current champion scored in one process on the
-same eval set (``registry.gate_metric``), query by query, and compared with a paired
-bootstrap. The challenger is promoted only if it wins by more than ``registry.margin`` and
-the lower bound of the difference's interval is above zero (mirrored when lower is better).
+"""The promotion gate, decided and recorded here: a challenger and the current champion scored
+in one process on the same eval set (``registry.gate_metric``), query by query, and compared
+with a paired bootstrap. The challenger is promoted only if it wins by more than
+``registry.margin`` and the lower bound of the difference's interval is above zero (mirrored
+when lower is better). Manual promotion and rollback are decisions too, recorded the same way.
 
-Scoring happens outside the registry lock (it can take minutes); the decision is recorded
-only if the champion it was scored against still holds the alias, else the new champion is
-scored and the comparison made again.
+The registry (``flame.mlflow.registry``) is opened once per call and moves ``champion`` by
+compare-and-set: a decision scored against a champion that has moved since is not recorded,
+and the new champion is scored instead. Scoring goes through ``evaluations.paired``, the same
+task code that produces the benchmark numbers.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from evaluations.paired import EvalSet, QueryHits, load_eval_set, paired_bootstrap, score_checkpoint
+from flame import checkpoint
 from flame.config import FlameConfig, RegistryConfig
 from flame.errors import FlameError
-from flame.mlflow import gate
-from flame.mlflow.gate import CHALLENGER, CHAMPION, Decision
+from flame.mlflow.pyfunc import log_flame_model
+from flame.mlflow.registry import CHALLENGER, CHAMPION, Registry
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 
-
-def register_and_gate(
-    config: FlameConfig,
-    model_uri: str,
-    *,
-    checkpoint_dir: str | Path,
-    run_id: str | None = None,
-    tracking_uri: str | None = None,
-    training_id: str | None = None,
-    limit: int | None = None,
-) -> Decision:
-    """Register ``model_uri`` (alias ``challenger``; tags ``flame.training_id``, ``flame.profile``),
-    score it from ``checkpoint_dir`` and the champion from the registry, and decide.
-
-    A version already registered from ``training_id`` registers nothing: its decision is
-    ``already-registered``. ``limit``: score only the first N images (quick checks, tests);
-    it is part of the eval-set fingerprint.
-    """
-    uri = tracking_uri or config.tracking.tracking_uri
-    if training_id is not None:
-        existing = gate.registered_version(config, training_id, uri)
-        if existing is not None:
-            return _already_registered(config, str(existing.version), training_id, uri)
-    eval_set = load_eval_set(config, limit=limit)
-    challenger = score_checkpoint(checkpoint_dir, eval_set)  # a broken checkpoint fails before it is registered
-    version, created = gate.register_version(config, model_uri, run_id=run_id, training_id=training_id, tracking_uri=uri)
-    if not created:
-        return _already_registered(config, version, training_id, uri)
-    return _gate(config, version, challenger, eval_set, uri)
+# Version tags.
+TAG_TRAINING_ID = "flame.training_id"
+TAG_TRAINED_STEPS = "flame.trained_steps"
+TAG_PROFILE = "flame.profile"
+TAG_DECISION = "flame.decision"
+TAG_REASON = "flame.reason"
+TAG_GATE_METRIC = "flame.gate_metric"
+TAG_CHALLENGER_SCORE = "flame.challenger_score"
+TAG_CHAMPION_SCORE = "flame.champion_score"
+TAG_CHAMPION_VERSION = "flame.champion_version"
+TAG_DIFF = "flame.diff"
+TAG_CI_LOW = "flame.ci_low"
+TAG_CI_HIGH = "flame.ci_high"
+TAG_CONFIDENCE = "flame.confidence"
+TAG_BOOTSTRAP_SAMPLES = "flame.bootstrap_samples"
+TAG_N_QUERIES = "flame.n_queries"
+TAG_EVAL_SET = "flame.eval_set"
+TAG_MARGIN = "flame.margin"
+TAG_SCORE_PREFIX = "flame.score."
+# Tags of the training run a registered version carries over: its git commit and the DVC hashes of its data.
+LINEAGE_PREFIXES = ("git.", "dvc.")
 
 
-def gate_challenger(config: FlameConfig, tracking_uri: str | None = None, *, limit: int | None = None) -> Decision:
-    """Run the gate again for the version holding ``challenger`` (its checkpoint downloaded)."""
-    uri = tracking_uri or config.tracking.tracking_uri
-    name = config.registry.model_name
-    version = gate.alias_version(config, CHALLENGER, uri)
-    if version is None:
-        raise FlameError(f"registered model {name!r} has no {CHALLENGER!r} version to promote")
-    if gate.alias_version(config, CHAMPION, uri) == version:
-        return _already_champion(config, version, uri)
-    eval_set = load_eval_set(config, limit=limit)
-    with tempfile.TemporaryDirectory(prefix="flame-gate-") as tmp:
-        challenger = score_checkpoint(gate.download_checkpoint(config, version, tmp, uri), eval_set)
-    return _gate(config, version, challenger, eval_set, uri)
+def score_tag(eval_set: str) -> str:
+    """The version tag holding a version's score on the eval set with this fingerprint."""
+    return TAG_SCORE_PREFIX + eval_set[:12]
 
 
-def beats(diff: float, ci_low: float, ci_high: float, reg: RegistryConfig) -> bool:
-    """The rule: a difference beyond the margin, and an interval wholly on the winning side of 0."""
-    return not _shortfalls(diff, ci_low, ci_high, reg)
+@dataclass
+class Decision:
+    model_name: str
+    version: str
+    promoted: bool
+    # first-version | promoted | rejected | manual | already-champion | already-registered
+    decision: str
+    reason: str
+    gate_metric: str
+    candidate_value: float | None = None  # the challenger's score
+    champion_version: str | None = None
+    champion_value: float | None = None  # the champion's score, on the same eval set
+    diff: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    confidence: float | None = None
+    bootstrap_samples: int | None = None
+    n_queries: int | None = None
+    eval_set: str | None = None  # the eval set's fingerprint (evaluations.paired)
+    margin: float | None = None
+    aliases: list[str] | None = None  # the version's aliases once decided (not a tag)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def tags(self) -> dict[str, str]:
+        """The version tags recording this decision (fields left None are not written)."""
+        fields = {
+            TAG_DECISION: self.decision, TAG_REASON: self.reason, TAG_GATE_METRIC: self.gate_metric,
+            TAG_CHALLENGER_SCORE: self.candidate_value, TAG_CHAMPION_VERSION: self.champion_version,
+            TAG_CHAMPION_SCORE: self.champion_value, TAG_DIFF: self.diff, TAG_CI_LOW: self.ci_low,
+            TAG_CI_HIGH: self.ci_high, TAG_CONFIDENCE: self.confidence,
+            TAG_BOOTSTRAP_SAMPLES: self.bootstrap_samples, TAG_N_QUERIES: self.n_queries,
+            TAG_EVAL_SET: self.eval_set, TAG_MARGIN: self.margin,
+        }
+        return {k: str(v) for k, v in fields.items() if v is not None}
 
 
-def _shortfalls(diff: float, ci_low: float, ci_high: float, reg: RegistryConfig) -> list[str]:
+# ---- the rule --------------------------------------------------------------------------------
+
+
+def shortfalls(diff: float, ci_low: float, ci_high: float, reg: RegistryConfig) -> list[str]:
+    """Why a difference does not promote (empty: it does): it must lie beyond the margin, and its
+    interval wholly on the winning side of 0."""
     better = "higher" if reg.higher_is_better else "lower"
     out = []
     if not (diff > reg.margin if reg.higher_is_better else diff < -reg.margin):
@@ -85,59 +110,184 @@ def _shortfalls(diff: float, ci_low: float, ci_high: float, reg: RegistryConfig)
     return out
 
 
-def _gate(config: FlameConfig, version: str, challenger: QueryHits, eval_set: EvalSet, uri: str) -> Decision:
-    fingerprint = eval_set.fingerprint()
-    for _ in range(MAX_ATTEMPTS):
-        champion = gate.alias_version(config, CHAMPION, uri)
-        if champion == version:
-            return _already_champion(config, version, uri)
-        d, scores = _decide(config, version, challenger, champion, eval_set, fingerprint, uri)
-        if gate.record_decision(config, d, expected_champion=champion, scores=scores, tracking_uri=uri):
-            d.aliases = gate.version_aliases(config, version, uri)
-            return d
-        log.info("champion moved from v%s while v%s was scored; scoring the new champion", champion, version)
-    raise FlameError(f"{config.registry.model_name!r}: the champion kept changing while v{version} was gated "
-                     f"({MAX_ATTEMPTS} attempts); run `flame registry promote` again")
+def beats(diff: float, ci_low: float, ci_high: float, reg: RegistryConfig) -> bool:
+    return not shortfalls(diff, ci_low, ci_high, reg)
 
 
-def _decide(config: FlameConfig, version: str, challenger: QueryHits, champion: str | None, eval_set: EvalSet,
-            fingerprint: str, uri: str) -> tuple[Decision, dict[str, float]]:
-    reg = config.registry
+def decide(reg: RegistryConfig, version: str, challenger: QueryHits, champion: str | None,
+           held: QueryHits | None, eval_set: str, why_unscored: str = "") -> Decision:
+    """The decision for ``version`` (scored ``challenger``) against ``champion`` (scored ``held``,
+    None when it could not be scored, ``why_unscored`` saying why)."""
     d = Decision(reg.model_name, version, False, "rejected", "", reg.gate_metric, candidate_value=challenger.score,
-                 champion_version=champion, n_queries=challenger.n_queries, eval_set=fingerprint, margin=reg.margin)
-    where = f"on {challenger.n_queries} queries of eval set {fingerprint[:12]}"
+                 champion_version=champion, n_queries=challenger.n_queries, eval_set=eval_set, margin=reg.margin)
+    where = f"on {challenger.n_queries} queries of eval set {eval_set[:12]}"
     if champion is None:
         d.promoted, d.decision = True, "first-version"
         d.reason = f"first version: champion by default ({reg.gate_metric} {challenger.score:.4f} {where})"
-        return d, {version: challenger.score}
-    try:
-        with tempfile.TemporaryDirectory(prefix="flame-gate-") as tmp:
-            held = score_checkpoint(gate.download_checkpoint(config, champion, tmp, uri), eval_set)
-    except (FlameError, OSError) as exc:
-        d.reason = f"not promoted: champion v{champion} has no loadable checkpoint to score against ({str(exc)[:500]})"
-        return d, {version: challenger.score}
+        return d
+    if held is None:
+        d.reason = f"not promoted: champion v{champion} has no loadable checkpoint to score against ({why_unscored[:500]})"
+        return d
     diff, low, high = paired_bootstrap(challenger, held, reg.bootstrap_samples, reg.confidence, reg.bootstrap_seed)
     d.champion_value, d.diff, d.ci_low, d.ci_high = held.score, diff, low, high
     d.confidence, d.bootstrap_samples = reg.confidence, reg.bootstrap_samples
     compared = (f"{reg.gate_metric} {challenger.score:.4f} vs champion v{champion} {held.score:.4f} {where}: "
                 f"difference {diff:+.4f}, {reg.confidence:.0%} interval [{low:+.4f}, {high:+.4f}], margin {reg.margin}")
-    if beats(diff, low, high, reg):
-        d.promoted, d.decision = True, "promoted"
-        d.reason = f"promoted: {compared}"
-    else:
-        d.reason = f"not promoted: {compared}; " + "; ".join(_shortfalls(diff, low, high, reg))
-    return d, {version: challenger.score, champion: held.score}
+    missing = shortfalls(diff, low, high, reg)
+    d.promoted = not missing
+    d.decision = "promoted" if d.promoted else "rejected"
+    d.reason = f"promoted: {compared}" if d.promoted else f"not promoted: {compared}; " + "; ".join(missing)
+    return d
 
 
-def _already_champion(config: FlameConfig, version: str, uri: str) -> Decision:
+# ---- the gate ----------------------------------------------------------------------------------
+
+
+def register_and_gate(
+    config: FlameConfig,
+    model_uri: str | None,
+    *,
+    checkpoint_dir: str | Path,
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
+    training_id: str | None = None,
+    lineage: dict[str, str] | None = None,
+    limit: int | None = None,
+) -> Decision:
+    """Register ``model_uri`` (alias ``challenger``; None: log ``checkpoint_dir`` as a
+    stand-alone pyfunc to ``run_id`` first), score it from ``checkpoint_dir`` and the champion
+    from the registry, and decide.
+
+    The version carries the profile, the training id and the steps it trained (a training
+    already registered at those steps registers nothing: ``already-registered``), and the
+    lineage of its run: the run's ``git.*`` and ``dvc.*`` tags, updated with ``lineage``.
+    ``limit``: score only the first N images (quick checks, tests); it is part of the eval
+    set's fingerprint.
+    """
+    registry = Registry.open(config, tracking_uri)
     reg = config.registry
+    unique = {TAG_TRAINING_ID: training_id, TAG_TRAINED_STEPS: str(trained_steps(checkpoint_dir))} if training_id else None
+    if unique and (existing := registry.find(unique)) is not None:
+        return already_registered(registry, reg, str(existing.version), training_id)
+    eval_set = load_eval_set(config, limit=limit)
+    challenger = score_checkpoint(checkpoint_dir, eval_set)  # a broken checkpoint fails before it is registered
+    if model_uri is None:
+        model_uri = log_flame_model(config, checkpoint_dir, run_id=run_id, tracking_uri=registry.tracking_uri)
+    run_tags = registry.client.get_run(run_id).data.tags if run_id else {}
+    tags = {TAG_PROFILE: config.profile, **{k: v for k, v in run_tags.items() if k.startswith(LINEAGE_PREFIXES)},
+            **(lineage or {})}
+    version, created = registry.register(model_uri, run_id=run_id, tags=tags, unique=unique)
+    if not created:
+        return already_registered(registry, reg, version, training_id)
+    return gate(registry, reg, version, challenger, eval_set)
+
+
+def gate_challenger(config: FlameConfig, tracking_uri: str | None = None, *, limit: int | None = None) -> Decision:
+    """Run the gate again for the version holding ``challenger`` (its checkpoint downloaded)."""
+    registry = Registry.open(config, tracking_uri, must_exist=True)
+    reg = config.registry
+    version = registry.alias(CHALLENGER)
+    if version is None:
+        raise FlameError(f"registered model {reg.model_name!r} has no {CHALLENGER!r} version to promote")
+    if registry.alias(CHAMPION) == version:
+        return already_champion(registry, reg, version)
+    eval_set = load_eval_set(config, limit=limit)
+    with tempfile.TemporaryDirectory(prefix="flame-gate-") as tmp:
+        challenger = score_checkpoint(registry.download_checkpoint(version, tmp), eval_set)
+    return gate(registry, reg, version, challenger, eval_set)
+
+
+def gate(registry: Registry, reg: RegistryConfig, version: str, challenger: QueryHits, eval_set: EvalSet) -> Decision:
+    """Score the champion, decide, and record: champion moves by compare-and-set, so a decision
+    made against a champion that has moved since is made again against the new one."""
+    fingerprint = eval_set.fingerprint()
+    for _ in range(MAX_ATTEMPTS):
+        champion = registry.alias(CHAMPION)
+        if champion == version:
+            return already_champion(registry, reg, version)
+        held, why = None, ""
+        if champion is not None:
+            try:
+                with tempfile.TemporaryDirectory(prefix="flame-gate-") as tmp:
+                    held = score_checkpoint(registry.download_checkpoint(champion, tmp), eval_set)
+            except (FlameError, OSError) as exc:
+                why = str(exc)
+        d = decide(reg, version, challenger, champion, held, fingerprint, why)
+        if record(registry, d, expected_champion=champion, scores={version: challenger.score,
+                                                                   **({champion: held.score} if held else {})}):
+            return d
+        log.info("champion moved from v%s while v%s was scored; scoring the new champion", champion, version)
+    raise FlameError(f"{reg.model_name!r}: the champion kept changing while v{version} was gated "
+                     f"({MAX_ATTEMPTS} attempts); run `flame registry promote` again")
+
+
+def record(registry: Registry, d: Decision, *, expected_champion: str | None,
+           scores: dict[str, float] | None = None) -> bool:
+    """Record ``d`` on its version (tags, description) and, when promoted, move ``champion`` to
+    it; only while ``champion`` is still ``expected_champion``, else nothing is written and False
+    is returned. ``scores`` (version -> score on ``d.eval_set``) become ``flame.score.<fingerprint>``."""
+    if d.promoted and d.decision != "already-champion":
+        if not registry.compare_and_set(CHAMPION, expected_champion, d.version):
+            return False
+    elif registry.alias(CHAMPION) != expected_champion:
+        return False
+    if d.eval_set:
+        for version, score in (scores or {}).items():
+            registry.set_tags(version, {score_tag(d.eval_set): str(score)})
+    registry.set_tags(d.version, d.tags(), description=d.reason)
+    d.aliases = registry.aliases_of(d.version)
+    return True
+
+
+def promote(config: FlameConfig, version: str | int, tracking_uri: str | None = None) -> Decision:
+    """Make ``version`` the champion regardless of the gate (a manual decision, recorded as such)."""
+    registry = Registry.open(config, tracking_uri, must_exist=True)
+    reg = config.registry
+    target = str(registry.version(version).version)
+    for _ in range(MAX_ATTEMPTS):
+        previous = registry.alias(CHAMPION)
+        d = Decision(reg.model_name, target, True, "manual", f"promoted manually to {CHAMPION} (was v{previous})",
+                     reg.gate_metric, champion_version=previous)
+        if record(registry, d, expected_champion=previous):
+            return d
+    raise FlameError(f"{reg.model_name!r}: the champion kept changing while v{target} was promoted; try again")
+
+
+def rollback(config: FlameConfig, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Move ``champion`` back to the previous distinct, still existing version of the champion
+    history (as reconciled with the alias: one moved by hand counts as a change)."""
+    registry = Registry.open(config, tracking_uri, must_exist=True)
+    name = config.registry.model_name
+    existing = {str(v.version) for v in registry.versions()}
+    for _ in range(MAX_ATTEMPTS):
+        current = registry.alias(CHAMPION)
+        if current is None:
+            raise FlameError(f"registered model {name!r} has no {CHAMPION!r} to roll back")
+        history = registry.reconciled_history()
+        while history and (history[-1] == current or history[-1] not in existing):
+            history.pop()
+        if not history:
+            raise FlameError(f"{name!r} champion v{current} has no previous champion to roll back to")
+        target = history[-1]
+        if registry.compare_and_set(CHAMPION, current, target, history=history):
+            reason = f"rolled back: {CHAMPION} returned from v{current} to v{target}"
+            registry.set_tags(current, {TAG_DECISION: "rolled-back", TAG_REASON: reason}, description=reason)
+            return {"model_name": name, "from_version": current, "to_version": target}
+    raise FlameError(f"{name!r}: the champion kept changing during the rollback; try again")
+
+
+def trained_steps(checkpoint_dir: str | Path) -> int | None:
+    """The steps the checkpoint in ``checkpoint_dir`` was trained for (its model config's counter)."""
+    return checkpoint.read_model_config(checkpoint_dir).get("trained_steps")
+
+
+def already_champion(registry: Registry, reg: RegistryConfig, version: str) -> Decision:
     return Decision(reg.model_name, version, True, "already-champion", f"version {version} already is the {CHAMPION}",
-                    reg.gate_metric, champion_version=version, aliases=gate.version_aliases(config, version, uri))
+                    reg.gate_metric, champion_version=version, aliases=registry.aliases_of(version))
 
 
-def _already_registered(config: FlameConfig, version: str, training_id: str | None, uri: str) -> Decision:
-    reg = config.registry
-    aliases = gate.version_aliases(config, version, uri)
+def already_registered(registry: Registry, reg: RegistryConfig, version: str, training_id: str | None) -> Decision:
+    aliases = registry.aliases_of(version)
     return Decision(reg.model_name, version, CHAMPION in aliases, "already-registered",
                     f"training {training_id} is already registered as version {version}; nothing registered",
-                    reg.gate_metric, champion_version=gate.alias_version(config, CHAMPION, uri), aliases=aliases)
+                    reg.gate_metric, champion_version=registry.alias(CHAMPION), aliases=aliases)

@@ -3,7 +3,7 @@
 - ``flame.config.schema``: the sections and ``FlameConfig``, their constants, ``ConfigError``;
 - ``flame.config.loading``: ``params.yaml`` read, its profiles and ``extends`` merged, the
   result validated (errors name the key, with a did-you-mean) and its relative paths resolved:
-  ``load_config(path, profile, overrides)``.
+  ``load_config(path, profile, overrides)``; ``resolved_yaml`` writes one profile out resolved.
 """
 
 from flame.config.loading import (
@@ -15,6 +15,7 @@ from flame.config.loading import (
     read_params,
     repo_root,
     resolve_relative_paths,
+    resolved_yaml,
 )
 from flame.config.schema import (
     BOS_PLACEHOLDER,
@@ -44,5 +45,5 @@ __all__ = [
     "ClipTextConfig", "ConfigError", "DataConfig", "EvalConfig", "FacetSet", "FlameConfig", "ImageConfig",
     "OrchestrationConfig", "RegistryConfig", "TextConfig", "TextView", "TrackingConfig", "TrainConfig",
     "deep_merge", "default_params_path", "did_you_mean", "flatten", "load_config", "profile_names",
-    "read_params", "reference_logit_init", "repo_root", "resolve_relative_paths",
+    "read_params", "reference_logit_init", "repo_root", "resolve_relative_paths", "resolved_yaml",
 ]

@@ -183,3 +183,14 @@ def load_config(
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, path, name)) from None
     return resolve_relative_paths(config, path.resolve().parent) if resolve_paths else config
+
+
+RESOLVED_HEADER = "# Written by `flame config` (dvc.yaml, stage config) from params.yaml; do not edit.\n"
+
+
+def resolved_yaml(path: str | Path | None = None, profile: str | None = None) -> str:
+    """One profile as flame resolves it (its ``extends`` chain merged, defaults filled in,
+    validated) as YAML, paths as written: what dvc.yaml's ``config`` stage writes to
+    ``params.resolved.yaml``, committed, so it must read the same in every clone."""
+    as_written = load_config(path, profile, resolve_paths=False)
+    return RESOLVED_HEADER + yaml.safe_dump(as_written.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

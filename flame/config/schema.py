@@ -228,6 +228,9 @@ class EvalConfig(_Section):
 
 
 class TrackingConfig(_Section):
+    # Whether trainings log to MLflow (flame train, the Dagster step and the DVC stage alike);
+    # `flame train --no-tracking` turns it off for one run.
+    enabled: bool = True
     # A relative sqlite/file URI or path is taken relative to the params file's folder; a plain
     # path ending in .db is a SQLite database.
     tracking_uri: str = "sqlite:///mlflow.db"
@@ -259,9 +262,6 @@ class OrchestrationConfig(_Section):
     # How often the new-manifest sensor looks at the manifests, and the automation sensor at the assets.
     sensor_interval_s: int = Field(60, ge=1)
     automation_interval_s: int = Field(30, ge=1)
-    # Dagster concurrency pools: the LLM-embedding step holds a slot of flame-llm, the training
-    # step one of flame-train; at most this many run at once on the instance.
-    pool_limits: dict[str, int] = Field(default_factory=lambda: {"flame-llm": 1, "flame-train": 1})
     # Retries of a failed download step (img2dataset), with exponential backoff from this delay.
     download_retries: int = Field(2, ge=0)
     download_retry_delay_s: float = Field(10.0, ge=0)
@@ -278,14 +278,6 @@ class OrchestrationConfig(_Section):
     executor_config: dict[str, Any] = Field(default_factory=dict)
     # Op tags of the training step only (e.g. {"dagster-k8s/config": {...GPU requests...}}).
     train_op_tags: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("pool_limits")
-    @classmethod
-    def _positive_limits(cls, limits: dict[str, int]) -> dict[str, int]:
-        for pool, limit in limits.items():
-            if limit < 1:
-                raise ValueError(f"pool_limits.{pool}={limit}: a pool needs at least 1 slot")
-        return limits
 
 
 class FlameConfig(_Section):

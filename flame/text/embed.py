@@ -27,7 +27,8 @@ from flame.digest import config_digest, sha256_file
 from flame.jsonl import iter_jsonl
 from flame.text.encoder import TextEncoder
 from flame.text.prompts import normalise_caption
-from flame.text.store import EmbeddingStore, fingerprint_of
+from flame.text.llm import resolve_source
+from flame.text.store import FINGERPRINT_HEX, META_FILE, EmbeddingStore, fingerprint_of
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,35 @@ def store_layout(config: TextConfig) -> list[dict]:
     return columns
 
 
+def text_config_key(config: TextConfig) -> str:
+    """What names a store's text configuration without loading the LLM: the settings its
+    fingerprint follows, the LLM's weights aside (only resolving them can tell those)."""
+    used = sorted({view.facet_set for view in config.views})
+    return config_digest({
+        **{name: getattr(config, name) for name in ("llm", "gguf_file", "revision", "layer", "max_tokens", "bos_token")},
+        "facet_sets": {name: config.facet_sets[name].model_dump() for name in used},
+        "views": [view.model_dump() for view in config.views],
+        "captions_per_sample": config.captions_per_sample,
+    }, FINGERPRINT_HEX)
+
+
+def find_store(root: str | Path, config: TextConfig) -> EmbeddingStore | None:
+    """The store under ``root`` embedded with ``config`` (see ``text_config_key``), or None. Where
+    several are (the same settings, an LLM whose weights changed), the one of the weights
+    installed now."""
+    root = Path(root)
+    key = text_config_key(config)
+    found = [EmbeddingStore.open(p) for p in sorted(root.glob("*")) if (p / META_FILE).is_file()] if root.is_dir() else []
+    found = [s for s in found if s.meta.get("text_config") == key]
+    if len(found) > 1:
+        llm = resolve_source(config.llm, config.gguf_file, config.revision).identity
+        found = [s for s in found if s.meta.get("fingerprint_inputs", {}).get("llm") == llm]
+    if len(found) > 1:
+        raise FlameError(f"{root}: several embedding stores match text configuration {key} "
+                         f"({', '.join(s.fingerprint for s in found)}); remove the ones no longer wanted")
+    return found[0] if found else None
+
+
 def store_meta(encoder: TextEncoder, config: TextConfig) -> dict:
     used = sorted({view.facet_set for view in config.views})
     inputs = {
@@ -102,6 +132,7 @@ def store_meta(encoder: TextEncoder, config: TextConfig) -> dict:
     return {
         "fingerprint": fingerprint_of(inputs),
         "fingerprint_inputs": inputs,
+        "text_config": text_config_key(config),
         "encoder_fingerprint": encoder.fingerprint,
         "K": len(layout),
         "D": encoder.hidden_size,

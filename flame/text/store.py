@@ -100,6 +100,10 @@ class EmbeddingStore:
                     raise FlameError(
                         f"{meta_path}: existing store differs in {key!r}; remove the folder or use another --out"
                     )
+            added = {k: v for k, v in meta.items() if k not in existing.meta}
+            if added:  # a store made by an older flame: record what it did not, so it can be found by it
+                existing.meta.update(added)
+                write_json(meta_path, existing.meta)
             return existing
         path.mkdir(parents=True, exist_ok=True)
         write_json(meta_path, meta)

@@ -1,13 +1,10 @@
 """Data assets, one partition per data shard: a manifest chunk, its images as a webdataset
-shard (img2dataset), and its captions embedded by the frozen LLM.
+shard (img2dataset), and its captions embedded by the frozen LLM. Each calls its step in
+``flame.app.pipeline`` and records what it made.
 
 Built from the configuration (``data_assets``): the download's retry policy comes from it.
 The embedding step holds a slot of the ``flame-llm`` pool, so one LLM loads at a time.
 """
-
-
-import time
-from pathlib import Path
 
 from dagster import (
     AssetExecutionContext,
@@ -20,21 +17,17 @@ from dagster import (
     asset,
 )
 
-from flame.atomic import atomic_path
+from flame.app import pipeline
 from flame.config import FlameConfig
-from flame.errors import FlameError
-from flame.digest import sha256_file
-from flame.files import link_or_copy
+from flame.data.data_shards import chunk_for_key
+from flame.data.download import format_summary
 from orchestration.code_versions import code_version
-from orchestration.lineage import upstream
 from orchestration.metadata import md_table
-from orchestration.partitions import DATA_SHARDS, chunk_for_key
+from orchestration.partitions import DATA_SHARDS
 from orchestration.pools import LLM_POOL
 from orchestration.resources import FlameConfigResource, StorageResource
-from orchestration.training_set import text_config_digest
 
 DATA_GROUP = "data"
-PUBLISHED_SUFFIXES = (".tar", ".parquet", "_stats.json")
 
 
 def data_asset(**kwargs):
@@ -42,34 +35,23 @@ def data_asset(**kwargs):
     return asset(partitions_def=DATA_SHARDS, group_name=DATA_GROUP, **kwargs)
 
 
-def _publish(src: Path, dst: Path) -> None:
-    """Publish ``src`` at ``dst`` atomically (hard link when the filesystem allows)."""
-    with atomic_path(dst, suffix=dst.suffix) as tmp:
-        tmp.unlink()
-        link_or_copy(src, tmp)
-
-
 @data_asset(kinds={"json"}, code_version=code_version("flame.data.manifest"),
-       description="One data shard's rows of a manifest, URLs made absolute (file:// for local paths).")
+            description="One data shard's rows of a manifest, URLs made absolute (file:// for local paths).")
 def manifest(context: AssetExecutionContext, flame_config: FlameConfigResource, storage: StorageResource) -> MaterializeResult:
-    from flame.data.manifest import write_manifest_slice
-
     config = flame_config.load()
     chunk = chunk_for_key(config, context.partition_key)
-    target = storage.paths(config).manifest(context.partition_key)
-    checked = write_manifest_slice(chunk.source, chunk.start, chunk.stop, target,
-                                   config.data.url_col, config.data.caption_col)
+    made = pipeline.write_data_shard_manifest(config, storage.paths(config), chunk)
     return MaterializeResult(
         metadata={
             "source": MetadataValue.path(str(chunk.source)),
             "rows": f"{chunk.start}..{chunk.stop - 1}",
-            "count": chunk.stop - chunk.start,
-            "usable": len(checked.rows),
-            "skipped": checked.skipped_count,
-            "path": MetadataValue.path(str(target)),
-            "preview": MetadataValue.md(md_table([{"url": r["url"], "caption": r["caption"]} for r in checked.rows[:5]])),
+            "count": made["count"],
+            "usable": made["usable"],
+            "skipped": made["skipped"],
+            "path": MetadataValue.path(str(made["path"])),
+            "preview": MetadataValue.md(md_table([{"url": r["url"], "caption": r["caption"]} for r in made["rows"][:5]])),
         },
-        data_version=DataVersion(sha256_file(target)[:16]),
+        data_version=DataVersion(made["sha256"][:16]),
     )
 
 
@@ -89,44 +71,25 @@ def image_shards_asset(config: FlameConfig) -> AssetsDefinition:
 
 
 def download_image_shard(context: AssetExecutionContext, flame_config: FlameConfigResource, storage: StorageResource) -> MaterializeResult:
-    from flame.data.download import SUMMARY_FILE, download_shards, format_summary
-
     config = flame_config.load()
-    key = context.partition_key
-    paths = storage.paths(config)
-    out = paths.downloads / key
-    start = time.monotonic()
-    summary = download_shards(paths.manifest(key), out, config.data, progress=False)
-    seconds = time.monotonic() - start
-    context.log.info(format_summary(summary))
-    published = []
-    for i, name in enumerate(summary["shards"]):
-        # One data shard is one tar; a chunk larger than number_sample_per_shard gets a suffix.
-        stem = key if i == 0 else f"{key}_{i}"
-        for suffix in PUBLISHED_SUFFIXES:
-            src = out / f"{name}{suffix}"
-            if src.exists():
-                _publish(src, paths.shards / f"{stem}{suffix}")
-        published.append(str(paths.shards / f"{stem}.tar"))
-    shard = paths.shard(key)
-    if not shard.is_file():
-        raise FlameError(f"{shard}: img2dataset wrote no shard for {key} ({format_summary(summary)})")
-    digest = sha256_file(shard)
+    made = pipeline.download_data_shard(config, storage.paths(config), context.partition_key)
+    context.log.info(format_summary(made))
+    seconds = made["duration_s"]
     return MaterializeResult(
-        data_version=DataVersion(digest[:16]),
+        data_version=DataVersion(made["shard_sha256"][:16]),
         metadata={
-            "shard": MetadataValue.path(str(shard)),
-            "shard_sha256": digest,
-            "shard_bytes": shard.stat().st_size,
-            "count": summary["total"],
-            "success": summary["success"],
-            "failed": summary["failed"],
-            "success_rate": float(summary["success_rate"]),
-            "failures": MetadataValue.json(summary["failures"]),
+            "shard": MetadataValue.path(str(made["shard"])),
+            "shard_sha256": made["shard_sha256"],
+            "shard_bytes": made["shard_bytes"],
+            "count": made["total"],
+            "success": made["success"],
+            "failed": made["failed"],
+            "success_rate": float(made["success_rate"]),
+            "failures": MetadataValue.json(made["failures"]),
             "seconds": round(seconds, 2),
-            "images_per_second": round(summary["success"] / seconds, 2) if seconds > 0 else 0.0,
-            "shards": MetadataValue.json(published),
-            "summary": MetadataValue.path(str(out / SUMMARY_FILE)),
+            "images_per_second": round(made["success"] / seconds, 2) if seconds > 0 else 0.0,
+            "shards": MetadataValue.json([str(p) for p in made["published"]]),
+            "summary": MetadataValue.path(str(made["summary_file"])),
         }
     )
 
@@ -135,33 +98,23 @@ def download_image_shard(context: AssetExecutionContext, flame_config: FlameConf
             code_version=code_version("flame.text"),
             description="The shard's captions embedded by the frozen LLM (all facets, L2-normalised, fp16).")
 def caption_embeddings(context: AssetExecutionContext, flame_config: FlameConfigResource, storage: StorageResource) -> MaterializeResult:
-    from flame.text.embed import InputShard, embed_shards
-
     config = flame_config.load()
-    paths = storage.paths(config)
-    key = context.partition_key
-    downloaded = upstream(context, "image_shards", key)
-    shard = Path(downloaded["shard"])
-    if not shard.is_file():
-        raise FlameError(f"{shard}: image shard missing; materialise image_shards [{key}] first")
     # Always (re)computed: this partition is being materialised because its shard is new or changed.
-    summary = embed_shards(config.text, [InputShard(key, shard)], paths.embeddings, recompute=True)
-    seconds = summary["seconds"]
+    made = pipeline.embed_data_shards(config, storage.paths(config), [context.partition_key], recompute=True)
+    seconds = made["seconds"]
     return MaterializeResult(
         metadata={
-            "store": MetadataValue.path(summary["store"]),
-            "fingerprint": summary["fingerprint"],
-            "text_config": text_config_digest(config),
-            "shard_sha256": downloaded["shard_sha256"],  # which download these captions came from
-            "count": summary["samples"],
-            "K": summary["K"],
-            "D": summary["D"],
-            "prompts": summary["prompts"],
-            "tokens": summary["tokens"],
-            "truncated": summary["truncated"],
-            "skipped_empty": summary["skipped_empty"],
+            "store": MetadataValue.path(made["store"]),
+            "fingerprint": made["fingerprint"],
+            "count": made["samples"],
+            "K": made["K"],
+            "D": made["D"],
+            "prompts": made["prompts"],
+            "tokens": made["tokens"],
+            "truncated": made["truncated"],
+            "skipped_empty": made["skipped_empty"],
             "seconds": round(seconds, 2),
-            "prompts_per_second": round(summary["prompts"] / seconds, 2) if seconds > 0 else 0.0,
+            "prompts_per_second": round(made["prompts"] / seconds, 2) if seconds > 0 else 0.0,
         }
     )
 

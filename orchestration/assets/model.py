@@ -1,18 +1,17 @@
 """Model assets over the registered data shards: train (a Dagster Pipes subprocess, plain
 Python or torchrun), evaluate on the configured benchmarks, then log, register and gate in
-MLflow, where the challenger and the champion are scored side by side.
+MLflow. Each calls its step in ``flame.app.pipeline``; around it, this module records the
+data versions with DVC (``orchestration.versioning``) and what the Dagster UI shows.
 
 Built from the configuration (``model_assets``): the Launchpad's run config defaults to the
 profile's values, and the op tags of training come from ``orchestration.train_op_tags``.
-Each asset reads what its upstream made in the same run (``orchestration.lineage``) and is
-automated: it materialises once its inputs are newer than it and none is missing.
+Each asset is automated: it materialises once its inputs are newer than it, none is missing,
+and the blocking checks of the assets it reads passed.
 """
-
 
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from dagster import (
@@ -28,19 +27,24 @@ from dagster import (
 from pydantic import Field
 
 from flame import checkpoint
-from flame.atomic import write_json
-from flame.config import FlameConfig
+from flame.app import pipeline
+from flame.config import FlameConfig, repo_root
 from flame.errors import FlameError
-from orchestration.checks import REGISTRATION_GATES
+from flame.mlflow.store import connect
 from orchestration.code_versions import code_version
+from orchestration.folder_lock import exclusive
 from orchestration.lineage import upstream
 from orchestration.metadata import inline_png, md_table, mlflow_run_url, mlflow_ui, model_version_url
+from orchestration.partitions import DATA_SHARDS
 from orchestration.pools import TRAIN_POOL
 from orchestration.resources import FlameConfigResource, MlflowResource, StorageResource, runtime_config
-from orchestration.training_set import exclusive, link_training_set, training_fingerprint, training_inputs
+from orchestration.versioning import DATA_STAGES, MODEL_STAGES, record_and_tag
 
 MODEL_GROUP = "model"
-EVALUATION_FILE = "evaluation.json"
+# Eager, and never past a failed blocking check of an asset it reads (Dagster's own gate).
+AUTOMATION = AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed()
+DATA_PATHS = ("data/shards", "data/embeddings")
+TRAINING_SET_PATHS = DATA_PATHS + ("data/training_sets",)
 
 
 def _launcher(config: FlameConfig) -> list[str]:
@@ -57,7 +61,8 @@ def training_run_config(config: FlameConfig) -> type[Config]:
     """The Launchpad's config of a training, its defaults the profile's."""
 
     class TrainingRun(Config):
-        epochs: int = Field(config.train.epochs, ge=1, description="train.epochs for this run")
+        epochs: int = Field(config.train.epochs, ge=1, description="train.epochs for this run (a training of the "
+                            "same data and settings continues to it)")
         seed: int = Field(config.train.seed, description="train.seed for this run")
 
     return TrainingRun
@@ -79,7 +84,7 @@ def flame_model_asset(config: FlameConfig) -> AssetsDefinition:
 
     @asset(name="flame_model", group_name=MODEL_GROUP, deps=["image_shards", "caption_embeddings"],
            kinds={"pytorch"}, op_tags=config.orchestration.train_op_tags, pool=TRAIN_POOL,
-           automation_condition=AutomationCondition.eager(),
+           automation_condition=AUTOMATION,
            code_version=code_version("flame.train", "flame.model", "flame.losses", "orchestration.train_step"),
            description="The FLAME model trained on exactly the registered data shards, in a Dagster Pipes "
            "subprocess (plain Python, or torchrun per orchestration.train_launcher).")
@@ -91,42 +96,37 @@ def flame_model_asset(config: FlameConfig) -> AssetsDefinition:
         storage: StorageResource,
         pipes_subprocess_client: PipesSubprocessClient,
     ) -> MaterializeResult:
-        from flame.config import repo_root
-        from flame.mlflow.store import connect
-        from orchestration.versioning import record_and_tag
-
         overrides = {"epochs": config.epochs, "seed": config.seed}
         settings = with_overrides(runtime_config(flame_config, mlflow), "train", overrides)
         uri = settings.tracking.tracking_uri
-        connect(settings)  # fail before any training starts
+        if settings.tracking.enabled:
+            connect(settings)  # fail before anything trains
         paths = storage.paths(settings)
-        inputs = training_inputs(context.instance, settings)
-        training_id = training_fingerprint(settings, inputs)
-        out = paths.models / training_id
+        params = flame_config.params_file()
+        inputs = pipeline.training_inputs(settings, paths, context.instance.get_dynamic_partitions(DATA_SHARDS.name))
+        training_id = inputs.identity.id
+        out = paths.model(training_id)
         with exclusive(paths.models / f"{training_id}.lock", f"run {context.run_id}", f"checkpoint folder {out}"):
-            data = link_training_set(inputs, paths.training_sets / training_id)
-            # Record (dvc add + push) exactly what this training reads; its hashes tag the MLflow run.
-            version_tags = record_and_tag(repo_root(), [data.root], push=True)
-            context.log.info(f"training {training_id} on {len(inputs)} data shards into {out}; data versions {version_tags}")
+            training_set = pipeline.assemble_training_set(inputs, paths)
+            versions = record_and_tag(params.parent, settings, params, paths.root, DATA_STAGES, DATA_PATHS)
+            context.log.info(f"training {training_id} on {len(inputs.shards)} data shards into {out}; data {versions}")
             command = _launcher(settings) + [
-                "-m", "orchestration.train_step",
-                "--config", str(flame_config.params_file()), "--profile", settings.profile,
-                "--overrides-json", json.dumps({"train": overrides}),
-                "--shards", str(data.shards), "--embeddings", str(data.store), "--out", str(out),
-                "--tracking-uri", uri, "--run-name", f"dagster-{context.run_id[:8]}",
-                "--tags-json", json.dumps({**version_tags, "dagster.run_id": context.run_id,
-                                           "flame.training_id": training_id}),
+                "-m", "orchestration.train_step", "--config", str(params), "--profile", settings.profile,
+                "--overrides-json", json.dumps({"train": overrides}), "--training-set", str(training_set.root),
+                "--training-id", training_id, "--out", str(out), "--tracking-uri", uri,
+                "--run-name", f"dagster-{context.run_id[:8]}",
+                "--tags-json", json.dumps({**versions, "dagster.run_id": context.run_id}),
             ]
             invocation = pipes_subprocess_client.run(context=context, command=command, cwd=str(repo_root()))
         meta = dict(invocation.get_materialize_result().metadata or {})
         raw = {k: getattr(v, "value", v) for k, v in meta.items()}
         if raw.get("mlflow_run_id"):
-            base = mlflow_ui(uri, settings.tracking.ui_url)
-            meta["mlflow_run"] = mlflow_run_url(base, raw["mlflow_experiment_id"], raw["mlflow_run_id"])
+            meta["mlflow_run"] = mlflow_run_url(mlflow_ui(uri, settings.tracking.ui_url), raw["mlflow_experiment_id"],
+                                                raw["mlflow_run_id"])
         meta["training_id"] = training_id
-        meta["data_shards"] = MetadataValue.json([i.key for i in inputs])
-        meta["training_set"] = MetadataValue.path(str(data.root))
-        meta["data_versions"] = MetadataValue.json(version_tags)
+        meta["data_shards"] = MetadataValue.json(inputs.keys)
+        meta["training_set"] = MetadataValue.path(str(training_set.root))
+        meta["data_versions"] = MetadataValue.json(versions)
         meta["checkpoint"] = MetadataValue.path(str(out))
         if (out / checkpoint.LOSS_PLOT_FILE).is_file():
             meta["loss_plot"] = inline_png(out / checkpoint.LOSS_PLOT_FILE, "training loss per epoch")
@@ -139,47 +139,31 @@ def evaluation_asset(config: FlameConfig) -> AssetsDefinition:
     EvaluationRun = evaluation_run_config(config)
 
     @asset(name="evaluation", group_name=MODEL_GROUP, deps=["flame_model"], kinds={"json"},
-           automation_condition=AutomationCondition.eager(), code_version=code_version("evaluations"),
+           automation_condition=AUTOMATION, code_version=code_version("evaluations"),
            description="The model this run trained (else the latest) scored on eval.benchmarks "
            "(CLIP_benchmark-style JSON, plots); metrics logged to the training's MLflow run.")
     def evaluation(context: AssetExecutionContext, config: EvaluationRun, flame_config: FlameConfigResource,
                    mlflow: MlflowResource, storage: StorageResource) -> MaterializeResult:
-        from evaluations.runner import evaluate_benchmarks
-        from flame.mlflow.tracker import MlflowTracker
-        from flame.model import load as load_model
-
-        settings = runtime_config(flame_config, mlflow)
+        settings = with_overrides(runtime_config(flame_config, mlflow), "eval", {"benchmarks": config.benchmarks})
         trained = upstream(context, "flame_model")
-        trained_dir = Path(trained["checkpoint"])
-        out_dir = storage.paths(settings).evaluations / trained_dir.name
-        start = time.monotonic()
-        result = evaluate_benchmarks(load_model(trained_dir), config.benchmarks, out_dir, settings.eval,
-                                     max_pixels=settings.image.max_pixels)
-        seconds = time.monotonic() - start
-        result_file = out_dir / EVALUATION_FILE
-        write_json(result_file, result)
+        result = pipeline.evaluate(settings, trained["checkpoint"], storage.paths(settings).evaluation(trained["training_id"]),
+                                   run_id=trained.get("mlflow_run_id"))
         summary = {k: float(v) for k, v in result["summary"].items() if isinstance(v, (int, float))}
-        plots = [out_dir / p for r in result["results"] for p in r.get("plots", []) if (out_dir / p).is_file()]
-        if trained.get("mlflow_run_id"):
-            with MlflowTracker(settings, run_id=trained["mlflow_run_id"], tracking_uri=settings.tracking.tracking_uri) as tracker:
-                tracker.log_evaluation(summary, [result_file, *plots])
         metadata = {
-            "checkpoint": MetadataValue.path(str(trained_dir)),
-            "training_id": trained.get("training_id", ""),
+            "checkpoint": MetadataValue.path(str(trained["checkpoint"])),
+            "training_id": trained["training_id"],
             "upstream_run_id": trained["upstream_run_id"],
-            "result": MetadataValue.path(str(result_file)),
+            "result": MetadataValue.path(str(result["result_file"])),
             "metrics": MetadataValue.json(summary),
             "benchmarks": MetadataValue.json([r["dataset"] for r in result["results"]]),
-            "seconds": round(seconds, 2),
+            "seconds": result["seconds"],
             "table": MetadataValue.md(md_table([{"metric": k, "value": f"{v:.4f}"} for k, v in summary.items()
                                                 if "chance" not in k])),
+            **{f"plot {plot.stem}": inline_png(plot, plot.stem) for plot in result["plot_files"]},
         }
-        for plot in plots:
-            metadata[f"plot {plot.stem}"] = inline_png(plot, plot.stem)
         gate = settings.registry.gate_metric
         if gate in summary:
-            metadata["gate_metric"] = gate
-            metadata["gate_value"] = summary[gate]
+            metadata.update(gate_metric=gate, gate_value=summary[gate])
         if trained.get("mlflow_run_id"):
             metadata["mlflow_run_id"] = trained["mlflow_run_id"]
         return MaterializeResult(metadata=metadata)
@@ -187,52 +171,31 @@ def evaluation_asset(config: FlameConfig) -> AssetsDefinition:
     return evaluation
 
 
-def blocking_check_failures(context: AssetExecutionContext, check_keys) -> list[str]:
-    """Names of blocking checks whose latest evaluation failed (registration must not proceed)."""
-    failed = []
-    for key in check_keys:
-        record = context.instance.get_latest_asset_check_evaluation_record(key)
-        if record is None:
-            continue
-        result = record.evaluation
-        if record.status.value == "FAILED" or (result is not None and not result.passed):
-            failed.append(f"{key.asset_key.to_user_string()}:{key.name}")
-    return failed
-
-
 def _number(value) -> float:
     return float("nan") if value is None else float(value)
 
 
-@asset(group_name=MODEL_GROUP, deps=["evaluation"], kinds={"mlflow"},
-       automation_condition=AutomationCondition.eager(),
+@asset(group_name=MODEL_GROUP, deps=["evaluation"], kinds={"mlflow"}, automation_condition=AUTOMATION,
        code_version=code_version("flame.mlflow", "evaluations.paired", "flame.app.promotion"),
-       description="The model logged to MLflow (a self-contained pyfunc) and registered as challenger; "
-       "champion when, scored beside the current champion on the same evaluation set, it wins by "
-       "registry.margin with a paired-bootstrap lower bound above zero. A training already registered "
-       "is not registered again.")
-def registered_model(context: AssetExecutionContext, flame_config: FlameConfigResource, mlflow: MlflowResource) -> MaterializeResult:
-    from flame.app.promotion import register_and_gate
-    from flame.mlflow.gate import registered_version
-    from flame.mlflow.pyfunc import log_flame_model
-
-    failed = blocking_check_failures(context, REGISTRATION_GATES)
-    if failed:
-        raise FlameError(f"registration blocked: check(s) failed: {', '.join(failed)}")
+       description="The model logged to MLflow (a self-contained pyfunc) and registered as challenger, with its "
+       "git commit and the DVC hashes of its data; champion when, scored beside the current champion on the same "
+       "evaluation set, it wins by registry.margin with a paired-bootstrap lower bound above zero. A training "
+       "already registered at the same step is not registered again.")
+def registered_model(context: AssetExecutionContext, flame_config: FlameConfigResource, mlflow: MlflowResource,
+                     storage: StorageResource) -> MaterializeResult:
     settings = runtime_config(flame_config, mlflow)
     trained = upstream(context, "flame_model")
     scored = upstream(context, "evaluation")
     if scored.get("checkpoint") != trained.get("checkpoint"):
         raise FlameError(f"the evaluation (run {scored['upstream_run_id']}) is not of the model trained in run "
                          f"{trained['upstream_run_id']}; materialise evaluation first")
+    params = flame_config.params_file()
+    lineage = record_and_tag(params.parent, settings, params, storage.paths(settings).root, MODEL_STAGES,
+                             TRAINING_SET_PATHS)
     run_id = trained.get("mlflow_run_id")
-    uri = settings.tracking.tracking_uri
-    training_id = trained.get("training_id")
-    existing = registered_version(settings, training_id, tracking_uri=uri) if training_id else None
-    model_uri = existing.source if existing else log_flame_model(settings, trained["checkpoint"], run_id=run_id, tracking_uri=uri)
-    decision = register_and_gate(settings, model_uri, checkpoint_dir=trained["checkpoint"], run_id=run_id,
-                                 tracking_uri=uri, training_id=training_id)
-    base = mlflow_ui(uri, settings.tracking.ui_url)
+    decision = pipeline.register(settings, trained["checkpoint"], training_id=trained["training_id"], run_id=run_id,
+                                 lineage=lineage)
+    base = mlflow_ui(settings.tracking.tracking_uri, settings.tracking.ui_url)
     return MaterializeResult(
         metadata={
             "registered_model": decision.model_name,
@@ -247,8 +210,9 @@ def registered_model(context: AssetExecutionContext, flame_config: FlameConfigRe
             "champion_version": str(decision.champion_version),
             "difference_ci": MetadataValue.json([decision.ci_low, decision.ci_high]),
             "eval_set": decision.eval_set or "",
-            "training_id": training_id or "",
-            "model_uri": model_uri,
+            "training_id": trained["training_id"],
+            "trained_epochs": int(trained.get("epochs") or 0),
+            "data_versions": MetadataValue.json(lineage),
             "checkpoint": MetadataValue.path(str(trained["checkpoint"])),
             "metrics": MetadataValue.json(scored.get("metrics") or {}),
             "mlflow_run_id": run_id or "",

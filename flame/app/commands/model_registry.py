@@ -43,7 +43,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args, config) -> int:
-    from flame.mlflow import gate
+    # The registry and the gate import mlflow and torch: loaded only once the arguments are parsed.
+    from flame.app import promotion
+    from flame.mlflow.registry import Registry
     from flame.mlflow.store import require_store
 
     updates = {}
@@ -60,46 +62,45 @@ def run(args, config) -> int:
         require_store(config.tracking.tracking_uri, source)
 
     if args.action == "show":
-        shown = gate.show(config)
+        shown = Registry.open(config, must_exist=True).show()
+        shown["gate_metric"] = config.registry.gate_metric
+        for version in shown["versions"]:
+            version["decision"] = version["tags"].get(promotion.TAG_DECISION)
         print(json.dumps(shown, indent=2, sort_keys=True) if args.json else format_versions(shown))
         return 0
     if args.action == "promote" and args.version is not None:
-        result = gate.promote(config, args.version).to_dict()
+        result = promotion.promote(config, args.version).to_dict()
     elif args.action == "promote":
-        from flame.app.promotion import gate_challenger
-
-        result = gate_challenger(config, limit=args.limit).to_dict()
+        result = promotion.gate_challenger(config, limit=args.limit).to_dict()
     elif args.action == "rollback":
-        result = gate.rollback(config)
+        result = promotion.rollback(config)
     else:
-        from flame.app.promotion import register_and_gate
-
         if not args.model_uri or not args.checkpoint:
             raise FlameError("registry register needs --model-uri and --checkpoint (the model's checkpoint folder, to score it)")
-        result = register_and_gate(config, args.model_uri, checkpoint_dir=args.checkpoint, run_id=args.run_id,
-                                   training_id=args.training_id, limit=args.limit).to_dict()
+        result = promotion.register_and_gate(config, args.model_uri, checkpoint_dir=args.checkpoint, run_id=args.run_id,
+                                             training_id=args.training_id, limit=args.limit).to_dict()
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 
 
 def format_versions(shown: dict) -> str:
-    """``gate.show``'s result as a table: one row per version."""
-    from flame.mlflow import gate
+    """``Registry.show``'s result as a table: one row per version."""
+    from flame.app import promotion as p
 
-    header = ("version", "aliases", "decision", "challenger", "champion", "difference [interval]")
+    header = ("version", "aliases", "decision", "challenger", "champion", "difference [interval]", "git commit")
     rows = [header]
     for v in shown["versions"]:
         tags = v["tags"]
-        champion = tags.get(gate.TAG_CHAMPION_SCORE)
+        champion = tags.get(p.TAG_CHAMPION_SCORE)
         interval = ""
-        if tags.get(gate.TAG_DIFF) is not None:
-            interval = (f"{float(tags[gate.TAG_DIFF]):+.4f} "
-                        f"[{float(tags[gate.TAG_CI_LOW]):+.4f}, {float(tags[gate.TAG_CI_HIGH]):+.4f}]")
+        if tags.get(p.TAG_DIFF) is not None:
+            interval = (f"{float(tags[p.TAG_DIFF]):+.4f} "
+                        f"[{float(tags[p.TAG_CI_LOW]):+.4f}, {float(tags[p.TAG_CI_HIGH]):+.4f}]")
         rows.append((
             v["version"], ",".join(v["aliases"]) or "-", v["decision"] or "-",
-            _score(tags.get(gate.TAG_CHALLENGER_SCORE)),
-            f"{_score(champion)} (v{tags[gate.TAG_CHAMPION_VERSION]})" if champion is not None else "-",
-            interval or "-",
+            _score(tags.get(p.TAG_CHALLENGER_SCORE)),
+            f"{_score(champion)} (v{tags[p.TAG_CHAMPION_VERSION]})" if champion is not None else "-",
+            interval or "-", (v.get("git_commit") or "-")[:12],
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [f"{shown['model_name']}  gate metric {shown['gate_metric']}"]

@@ -26,15 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "max(this, train.epochs) epochs, so stopping early and resuming matches one long run")
     parser.add_argument("--resume", action="store_true",
                         help="continue the checkpoint in --out exactly where it stopped (starts fresh if there is none)")
+    parser.add_argument("--no-tracking", action="store_true",
+                        help="do not log to MLflow (default: log one run per checkpoint folder to tracking.tracking_uri "
+                        "when tracking.enabled)")
 
 
 def run(args: argparse.Namespace, config) -> int:
-    from flame.train import run_training
+    from flame.train.tracked import train_tracked  # torch: loaded once the arguments are parsed
 
     if args.epochs is not None and args.epochs < 1:
         raise FlameError(f"--epochs must be at least 1 (got {args.epochs})")
     if args.text_mode:
         config.text.mode = args.text_mode
-    summary = run_training(config, args.shards, args.embeddings, args.out, epochs=args.epochs, resume=args.resume)
+    summary = train_tracked(config, args.shards, args.embeddings, args.out, epochs=args.epochs, resume=args.resume,
+                            tracking=config.tracking.enabled and not args.no_tracking)
     print(json.dumps(summary, sort_keys=True))
     return 0

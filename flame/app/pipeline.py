@@ -1,0 +1,239 @@
+"""The pipeline's steps over the storage layout (``flame.storage``), one function each: write a
+data shard's manifest, download it, embed data shards, gather what a training reads, assemble
+its training set, train (tracked), evaluate, register and gate.
+
+Dagster's assets (``orchestration.assets``), the DVC stages (``orchestration.dvc_stages``) and the
+command line call these; none of them re-implements a step. The drivers only choose the data
+shards (Dagster: one partition at a time; DVC: all of them) and record what was made (metadata,
+``dvc.lock``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evaluations.runner import evaluate_benchmarks
+from flame import checkpoint
+from flame.app import promotion
+from flame.atomic import atomic_path, write_json
+from flame.config import FlameConfig
+from flame.data.data_shards import ManifestChunk
+from flame.data.download import SUMMARY_FILE, download_shards
+from flame.data.manifest import write_manifest_slice
+from flame.digest import sha256_file
+from flame.errors import FlameError
+from flame.files import link_or_copy
+from flame.model import load as load_model
+from flame.storage import SHARD_SUFFIXES, StoragePaths
+from flame.text.embed import InputShard, embed_shards, find_store
+from flame.text.store import META_FILE, EmbeddingStore
+from flame.text_modes import text_mode
+from flame.tracking import Tracker
+from flame.train.identity import TrainingIdentity, training_identity
+from flame.train.tracked import train_tracked
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+
+def write_data_shard_manifest(config: FlameConfig, paths: StoragePaths, chunk: ManifestChunk) -> dict[str, Any]:
+    """The chunk's rows of its manifest at ``manifests/<key>.jsonl``, URLs made absolute."""
+    target = paths.manifest(chunk.key)
+    checked = write_manifest_slice(chunk.source, chunk.start, chunk.stop, target, config.data.url_col,
+                                   config.data.caption_col)
+    return {"path": target, "count": chunk.stop - chunk.start, "usable": len(checked.rows),
+            "skipped": checked.skipped_count, "rows": checked.rows, "sha256": sha256_file(target)}
+
+
+def download_data_shard(config: FlameConfig, paths: StoragePaths, key: str, progress: bool = False) -> dict[str, Any]:
+    """The data shard's images (img2dataset, resumable) published as ``shards/<key>.tar`` (a chunk
+    larger than ``data.number_sample_per_shard`` makes ``<key>_1.tar``...); the download summary
+    with the shard's path, sha256 and the published files."""
+    out = paths.download(key)
+    summary = download_shards(paths.manifest(key), out, config.data, progress=progress)
+    published = []
+    for i, name in enumerate(summary["shards"]):
+        stem = key if i == 0 else f"{key}_{i}"
+        for suffix in SHARD_SUFFIXES:
+            src = out / f"{name}{suffix}"
+            if src.exists():
+                _publish(src, paths.shards / f"{stem}{suffix}")
+        published.append(paths.shards / f"{stem}.tar")
+    shard = paths.shard(key)
+    if not shard.is_file():
+        raise FlameError(f"{shard}: img2dataset wrote no shard for {key} "
+                         f"({summary['success']}/{summary['total']} images downloaded)")
+    return {**summary, "shard": shard, "shard_sha256": sha256_file(shard), "shard_bytes": shard.stat().st_size,
+            "published": published, "summary_file": out / SUMMARY_FILE}
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """``src`` at ``dst``, atomically (a hard link where the file system allows)."""
+    with atomic_path(dst, suffix=dst.suffix) as tmp:
+        tmp.unlink()
+        link_or_copy(src, tmp)
+
+
+def embed_data_shards(config: FlameConfig, paths: StoragePaths, keys: list[str], *, recompute: bool = False,
+                      progress: bool = False) -> dict[str, Any]:
+    """The captions of the data shards ``keys`` embedded by the frozen LLM into the store under
+    ``embeddings/`` (one LLM load for all of them); a shard embedded from the same bytes is kept
+    unless ``recompute``."""
+    missing = [k for k in keys if not paths.shard(k).is_file()]
+    if missing:
+        raise FlameError(f"data shard(s) not downloaded yet: {', '.join(missing)} (no {paths.shard(missing[0])})")
+    return embed_shards(config.text, [InputShard(k, paths.shard(k)) for k in keys], paths.embeddings,
+                        recompute=recompute, progress=progress)
+
+
+# ---- training ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardInput:
+    key: str
+    shard: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    """Exactly what one training reads, and who that training is."""
+
+    shards: list[ShardInput]
+    store: EmbeddingStore | None  # None in the CLIP baseline's text mode: it reads the captions
+    identity: TrainingIdentity
+
+    @property
+    def keys(self) -> list[str]:
+        return [s.key for s in self.shards]
+
+
+def training_inputs(config: FlameConfig, paths: StoragePaths, keys: list[str]) -> TrainingInputs:
+    """The data shards ``keys``, each downloaded and (frozen-LLM mode) embedded with the current
+    text configuration from its current bytes; the error lists every shard that is not, and why.
+    The training's identity follows from them and the configuration, without loading the LLM."""
+    if not keys:
+        raise FlameError("no data shards to train on: register manifests (orchestration.manifests) first")
+    digests, problems = {}, {}
+    for key in sorted(keys):
+        shard = paths.shard(key)
+        if shard.is_file():
+            digests[key] = sha256_file(shard)
+        else:
+            problems[key] = f"not downloaded ({shard} is missing)"
+    store = None
+    if config.text.mode == "flame":
+        store = find_store(paths.embeddings, config.text)
+        if store is None:
+            problems.update({k: "not embedded with the current text configuration" for k in digests})
+        else:
+            problems.update({k: "not embedded" for k in digests if not store.has(k)})
+            for key, recorded in store.stale({k: d for k, d in digests.items() if store.has(k)}).items():
+                problems[key] = "embedded from other bytes than its shard has now (it changed since)"
+    if problems:
+        listed = "; ".join(f"{k}: {why}" for k, why in sorted(problems.items()))
+        raise FlameError(f"{len(problems)} of {len(keys)} data shards are not ready for training: {listed}")
+    side = text_mode(config.text.mode).fingerprints(config, store)
+    identity = training_identity(config, digests, side.text_fingerprint, side.source_fingerprint)
+    return TrainingInputs([ShardInput(k, paths.shard(k), d) for k, d in digests.items()], store, identity)
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """``root/shards/<key>.tar`` and, frozen-LLM mode, ``root/embeddings/<fingerprint>/``."""
+
+    root: Path
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def embeddings(self) -> Path | None:
+        stores = sorted(p for p in (self.root / "embeddings").glob("*") if (p / META_FILE).is_file())
+        return stores[0] if stores else None
+
+
+def assemble_training_set(inputs: TrainingInputs, paths: StoragePaths) -> TrainingSet:
+    """Exactly the files ``inputs`` names, linked under ``training_sets/<training id>/``: built
+    aside and renamed into place, reused when it exists (its name is its content's identity)."""
+    root = paths.training_set(inputs.identity.id)
+    if root.is_dir():
+        return TrainingSet(root)
+    building = root.with_name(f".{root.name}.building-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    (building / "shards").mkdir(parents=True)
+    for item in inputs.shards:
+        link_or_copy(item.shard, building / "shards" / f"{item.key}.tar")
+    if inputs.store is not None:
+        store_dir = building / "embeddings" / inputs.store.fingerprint
+        store_dir.mkdir(parents=True)
+        for item in inputs.shards:
+            link_or_copy(inputs.store.shard_path(item.key), store_dir / inputs.store.shard_path(item.key).name)
+        shutil.copyfile(inputs.store.path / META_FILE, store_dir / META_FILE)
+    os.replace(building, root)
+    return TrainingSet(root)
+
+
+def identity_of_training_set(config: FlameConfig, training_set: TrainingSet) -> TrainingIdentity:
+    """The identity of a training on ``training_set`` (e.g. one pulled by DVC on another machine)."""
+    digests = {p.stem: sha256_file(p) for p in sorted(training_set.shards.glob("*.tar"))}
+    store = EmbeddingStore.open(training_set.embeddings) if training_set.embeddings else None
+    side = text_mode(config.text.mode).fingerprints(config, store)
+    return training_identity(config, digests, side.text_fingerprint, side.source_fingerprint)
+
+
+def train(config: FlameConfig, training_set: TrainingSet, out_dir: str | Path, training_id: str, *,
+          tags: dict[str, str] | None = None, run_name: str | None = None,
+          trackers: tuple[Tracker, ...] = ()) -> dict[str, Any]:
+    """Train on ``training_set`` into ``out_dir`` (``models/<training id>/``), continuing the
+    training already there (same identity: the same data and weight-changing settings); tracked
+    in MLflow when ``tracking.enabled``. ``training_id`` is the identity ``training_inputs`` gave
+    the set: the training checks it is the one it computes itself."""
+    out = Path(out_dir)
+    summary = train_tracked(config, training_set.shards, training_set.embeddings, out,
+                            resume=checkpoint.has_checkpoint(out), tracking=config.tracking.enabled,
+                            run_name=run_name, tags={**(tags or {}), promotion.TAG_TRAINING_ID: training_id},
+                            trackers=trackers)
+    if summary.get("training_id") != training_id:
+        raise FlameError(f"{training_set.root}: trained as {summary.get('training_id')}, but its inputs were "
+                         f"identified as {training_id}: the training set changed while it was read")
+    return summary
+
+
+# ---- after training ------------------------------------------------------------------------
+
+
+def evaluate(config: FlameConfig, checkpoint_dir: str | Path, out_file: str | Path,
+             run_id: str | None = None) -> dict[str, Any]:
+    """The checkpoint scored on ``eval.benchmarks``: the CLIP_benchmark-style JSON at ``out_file``
+    with its plots beside it, and, given the training's MLflow ``run_id``, its metrics and files
+    logged to that run. Returns the result with ``seconds``, ``result_file`` and ``plot_files``."""
+    out_file = Path(out_file)
+    start = time.monotonic()
+    result = evaluate_benchmarks(load_model(checkpoint_dir), config.eval.benchmarks, out_file.parent, config.eval,
+                                 max_pixels=config.image.max_pixels)
+    write_json(out_file, result)
+    plots = [out_file.parent / p for r in result["results"] for p in r.get("plots", [])
+             if (out_file.parent / p).is_file()]
+    if run_id:
+        from flame.mlflow.tracker import MlflowTracker  # mlflow is slow to import: only when tracked
+
+        metrics = {k: float(v) for k, v in result["summary"].items() if isinstance(v, (int, float))}
+        with MlflowTracker(config, run_id=run_id) as tracker:
+            tracker.log_evaluation(metrics, [out_file, *plots])
+    return {**result, "seconds": round(time.monotonic() - start, 2), "result_file": out_file, "plot_files": plots}
+
+
+def register(config: FlameConfig, checkpoint_dir: str | Path, *, training_id: str | None = None,
+             run_id: str | None = None, lineage: dict[str, str] | None = None) -> promotion.Decision:
+    """Log the checkpoint as a stand-alone pyfunc (unless this training is registered already),
+    register it as ``challenger`` with its lineage, and run the promotion gate."""
+    return promotion.register_and_gate(config, None, checkpoint_dir=checkpoint_dir, run_id=run_id,
+                                       training_id=training_id, lineage=lineage)
