@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from flame import cli
+from flame.app import cli
 from flame.config import repo_root
-from flame.data.download import FAILURE_REASONS, SUMMARY_FILE, failure_reason
+from flame.data.download_layout import SUMMARY_FILE
+from flame.data.download_summary import FAILURE_REASONS, failure_reason
 from flame.data.manifest import load_manifest
 from flame.data.shards import iter_shard, list_shards
 from flame.errors import FlameError

@@ -9,9 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -34,50 +32,6 @@ def _jpeg(array: np.ndarray, quality: int = 95) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
-
-
-class _Routes(BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, str, bytes, float]] = {}
-
-    def do_GET(self):  # noqa: N802 - http.server's name
-        status, ctype, body, delay = self.routes.get(self.path, (404, "text/plain", b"not found", 0.0))
-        time.sleep(delay)
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (the timeout case)
-
-    def log_message(self, *args):
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    # The default listen backlog (5) drops SYNs when img2dataset opens 8 connections at once;
-    # the client's retransmit after 1 s then reads as a timeout.
-    request_queue_size = 128
-
-
-@pytest.fixture
-def http_server():
-    """Start a server for a dict of routes: path -> (status, content type, body, delay s); yields its base URL."""
-    servers = []
-
-    def start(routes: dict) -> str:
-        handler = type("Handler", (_Routes,), {"routes": routes})
-        server = _Server(("127.0.0.1", 0), handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 def _sample_rows(count: int) -> list[dict]:

@@ -65,7 +65,8 @@ def image_shards_asset(config: FlameConfig) -> AssetsDefinition:
     """The download asset, retried per ``orchestration.download_retries``."""
     return data_asset(
         name="image_shards", deps=[manifest], kinds={"webdataset"}, retry_policy=download_retry_policy(config),
-        code_version=code_version("flame.data.download", "flame.data.shards"),
+        code_version=code_version("flame.data.download", "flame.data.download_layout", "flame.data.download_summary",
+                                  "flame.data.img2dataset_run", "flame.data.img2dataset_patch", "flame.data.shards"),
         description="The shard's images fetched and resized by img2dataset, as a webdataset tar in the shards folder.",
     )(download_image_shard)
 
