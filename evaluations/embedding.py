@@ -13,17 +13,11 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from evaluations.tasks.base import BACKBONE, EMBEDDING
 from evaluations.text_cache import TextEmbeddingCache
 from flame.config import RAW_FACET_SET
 from flame.data.images import read_image
 from flame.model.text_towers import MEAN_THEN_NORMALIZE
-
-
-# Which image features a task scores: the image-text embedding (``encode_image``), or the
-# image tower's pooled features before the projector (``encode_image_backbone``), which the
-# reference's linear probe uses.
-EMBEDDING = "embedding"
-BACKBONE = "backbone"
 
 
 def image_encoder(model, features: str = EMBEDDING):

@@ -5,17 +5,29 @@ of texts whose image is among the k images scored highest for that text;
 ``text_retrieval_recall@k`` is the share of images with at least one of their texts
 among the k texts scored highest for that image. Chance levels are computed exactly for
 the same gallery sizes, so "above chance" is checkable from the result alone.
+
+Every recall and accuracy is the ``score`` of its per-query hits (``evaluations.hits``),
+which a ``Scores`` carries beside the metrics.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-RECALL_KS = (1, 5, 10)
+from evaluations.hits import ACCURACY_KS, RECALL_KS, QueryHits, accuracy_name, mean_recall, recall_names
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Metrics (with their chance levels), and the per-query hits of those that are a share of queries."""
+
+    metrics: dict[str, float]
+    hits: dict[str, QueryHits]
 
 
 def _check_embeddings(name: str, emb: torch.Tensor) -> None:
@@ -23,11 +35,6 @@ def _check_embeddings(name: str, emb: torch.Tensor) -> None:
         raise ValueError(f"{name} must be [N, D], got shape {tuple(emb.shape)}")
     if not torch.isfinite(emb).all():
         raise ValueError(f"{name} contains NaN or inf")
-
-
-def hit_rate(hits: torch.Tensor) -> float:
-    """The share of queries that hit: every recall and accuracy here is one of these."""
-    return hits.float().mean().item()
 
 
 def _retrieval_index(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -52,31 +59,31 @@ def retrieval_hits(
     text_emb: torch.Tensor,
     text_to_image: Sequence[int] | torch.Tensor,
     ks: Sequence[int] = RECALL_KS,
-) -> dict[str, torch.Tensor]:
-    """Per query, whether it hit: ``image_retrieval_recall@k`` -> ``[texts]`` bool (the text's
-    image among its top k images), ``text_retrieval_recall@k`` -> ``[images]`` bool (one of
-    the image's texts among its top k texts)."""
+) -> dict[str, QueryHits]:
+    """Per metric and query, whether it hit: ``image_retrieval_recall@k`` per text (the text's
+    image among its top k images), ``text_retrieval_recall@k`` per image (one of the image's
+    texts among its top k texts), ``mean_recall@k`` both."""
     index = _retrieval_index(image_emb, text_emb, text_to_image)
     n_images, n_texts = image_emb.shape[0], text_emb.shape[0]
     scores = text_emb.float() @ image_emb.float().T  # [texts, images]
     positives = torch.zeros_like(scores, dtype=torch.bool)
     positives[torch.arange(n_texts), index] = True
+    text_units, image_units = index.numpy(), np.arange(n_images)
 
-    hits: dict[str, torch.Tensor] = {}
+    hits: dict[str, QueryHits] = {}
     for k in ks:
+        t2i_name, i2t_name, mean_name = recall_names(k)
         top_images = scores.topk(min(k, n_images), dim=1).indices  # per text
-        hits[f"image_retrieval_recall@{k}"] = positives.gather(1, top_images).any(dim=1)
         top_texts = scores.T.topk(min(k, n_texts), dim=1).indices  # per image
-        hits[f"text_retrieval_recall@{k}"] = positives.T.gather(1, top_texts).any(dim=1)
+        t2i = QueryHits(t2i_name, (positives.gather(1, top_images).any(dim=1),), (text_units,), n_images)
+        i2t = QueryHits(i2t_name, (positives.T.gather(1, top_texts).any(dim=1),), (image_units,), n_images)
+        hits[t2i_name], hits[i2t_name] = t2i, i2t
+        hits[mean_name] = QueryHits(mean_name, t2i.hits + i2t.hits, t2i.units + i2t.units, n_images)
     return hits
 
 
-def retrieval_metrics(
-    image_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    text_to_image: Sequence[int] | torch.Tensor,
-    ks: Sequence[int] = RECALL_KS,
-) -> dict[str, float]:
+def score_retrieval(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: Sequence[int] | torch.Tensor,
+                    ks: Sequence[int] = RECALL_KS) -> Scores:
     """R@k both ways, their mean, and the chance level of each, for texts pointing at images."""
     hits = retrieval_hits(image_emb, text_emb, text_to_image, ks)
     index = torch.as_tensor(text_to_image, dtype=torch.long)
@@ -86,19 +93,20 @@ def retrieval_metrics(
     metrics: dict[str, float] = {}
     for k in ks:
         k_img, k_txt = min(k, n_images), min(k, n_texts)
-        i2t_chance = float(np.mean([_chance_any_hit(n_texts, int(c), k_txt) for c in texts_per_image]))
         t2i_chance = k_img / n_images
-        metrics[f"image_retrieval_recall@{k}"] = hit_rate(hits[f"image_retrieval_recall@{k}"])
-        metrics[f"text_retrieval_recall@{k}"] = hit_rate(hits[f"text_retrieval_recall@{k}"])
-        metrics[f"mean_recall@{k}"] = mean_recall(metrics[f"image_retrieval_recall@{k}"], metrics[f"text_retrieval_recall@{k}"])
-        metrics[f"chance_image_retrieval_recall@{k}"] = t2i_chance
-        metrics[f"chance_text_retrieval_recall@{k}"] = i2t_chance
-        metrics[f"chance_mean_recall@{k}"] = mean_recall(t2i_chance, i2t_chance)
-    return metrics
+        i2t_chance = float(np.mean([_chance_any_hit(n_texts, int(c), k_txt) for c in texts_per_image]))
+        names = recall_names(k)
+        for name in names:
+            metrics[name] = hits[name].score
+        for name, chance in zip(names, (t2i_chance, i2t_chance, mean_recall(t2i_chance, i2t_chance))):
+            metrics[f"chance_{name}"] = chance
+    return Scores(metrics, hits)
 
 
-def mean_recall(image_retrieval: float, text_retrieval: float) -> float:
-    return (image_retrieval + text_retrieval) / 2
+def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: Sequence[int] | torch.Tensor,
+                      ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """``score_retrieval``'s metrics."""
+    return score_retrieval(image_emb, text_emb, text_to_image, ks).metrics
 
 
 def _chance_any_hit(n_items: int, n_positive: int, k: int) -> float:
@@ -108,7 +116,18 @@ def _chance_any_hit(n_items: int, n_positive: int, k: int) -> float:
     return 1.0 - math.comb(n_items - n_positive, k) / math.comb(n_items, k)
 
 
-def classification_metrics(logits: torch.Tensor, targets: Sequence[int] | torch.Tensor, prefix: str = "") -> dict[str, float]:
+def classification_hits(logits: torch.Tensor, targets: Sequence[int] | torch.Tensor, prefix: str = "") -> dict[str, QueryHits]:
+    """Per ``acc@k`` (k of ``ACCURACY_KS`` up to the number of classes) and sample: whether
+    its class is among the k classes scored highest."""
+    targets = torch.as_tensor(targets, dtype=torch.long)
+    n, n_classes = logits.shape
+    ks = [k for k in ACCURACY_KS if k <= n_classes]
+    hit_at = logits.float().topk(max(ks), dim=1).indices == targets[:, None]
+    units = (np.arange(n),)
+    return {accuracy_name(k, prefix): QueryHits(accuracy_name(k, prefix), (hit_at[:, :k].any(dim=1),), units, n) for k in ks}
+
+
+def score_classification(logits: torch.Tensor, targets: Sequence[int] | torch.Tensor, prefix: str = "") -> Scores:
     """acc1, acc5 (when there are at least 5 classes), mean per-class recall, and their chance levels.
 
     Chance assumes a uniformly random ranking of the classes, the same for every image.
@@ -120,22 +139,19 @@ def classification_metrics(logits: torch.Tensor, targets: Sequence[int] | torch.
         raise ValueError(f"{targets.numel()} targets for {n} rows of logits")
     if n == 0:
         raise ValueError("classification needs at least one sample")
-    hits = classification_hits(logits, targets, (1, 5) if n_classes >= 5 else (1,))
-    metrics = {f"{prefix}acc{k}": hit_rate(h) for k, h in hits.items()}
+    hits = classification_hits(logits, targets, prefix)
+    metrics = {name: h.score for name, h in hits.items()}
     metrics[f"{prefix}mean_per_class_recall"] = mean_per_class_recall(logits.float().argmax(dim=1), targets)
-    metrics[f"chance_{prefix}acc1"] = 1.0 / n_classes
-    if n_classes >= 5:
-        metrics[f"chance_{prefix}acc5"] = 5.0 / n_classes
+    for k in ACCURACY_KS:
+        if k <= n_classes:
+            metrics[f"chance_{accuracy_name(k, prefix)}"] = k / n_classes
     metrics[f"chance_{prefix}mean_per_class_recall"] = 1.0 / n_classes
-    return metrics
+    return Scores(metrics, hits)
 
 
-def classification_hits(logits: torch.Tensor, targets: Sequence[int] | torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, torch.Tensor]:
-    """Per sample and k: whether its class is among the k classes scored highest (``[N]`` bool)."""
-    targets = torch.as_tensor(targets, dtype=torch.long)
-    ranked = logits.float().topk(min(max(ks), logits.shape[1]), dim=1).indices
-    hit_at = ranked == targets[:, None]
-    return {k: hit_at[:, :k].any(dim=1) for k in ks}
+def classification_metrics(logits: torch.Tensor, targets: Sequence[int] | torch.Tensor, prefix: str = "") -> dict[str, float]:
+    """``score_classification``'s metrics."""
+    return score_classification(logits, targets, prefix).metrics
 
 
 def mean_per_class_recall(pred: torch.Tensor, targets: torch.Tensor) -> float:

@@ -2,56 +2,44 @@
 fingerprint, and a paired bootstrap of the difference between two models.
 
 The gate metric ``registry.gate_metric`` is ``<benchmark>/<metric>``, a key of the
-evaluation summary. Scoring here goes through the same loaders, text protocol, embedding
-and ranking code as ``evaluations.runner``, so the mean of a model's hits is the number the
-runner reports for it.
+evaluation summary. A model is scored by running the benchmark's task through
+``evaluations.runner`` (its loader, image checks, text protocol, embedding and ranking) and
+taking the metric's per-query hits from the task's output: the score of those hits is the
+number the runner reports.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from evaluations import runner
 from evaluations.benchmarks import get_benchmark
 from evaluations.datasets import ClassificationSet, RetrievalSet
-from evaluations.embedding import embed_images, embed_texts
-from evaluations.image_checks import check_images
-from evaluations.metrics import RECALL_KS, classification_hits, hit_rate, mean_recall, retrieval_hits
-from evaluations.protocol import TextProtocol, text_protocol
-from evaluations.tasks.zeroshot_classification import class_embeddings
+from evaluations.hits import QueryHits
+from evaluations.protocol import text_protocol
+from evaluations.tasks import get_task
+from evaluations.tasks.base import TextProtocol
 from flame.config import EvalConfig, FlameConfig
 from flame.digest import Digest
 from flame.errors import FlameError
 
-RETRIEVAL_TASKS = ("retrieval", "long_retrieval")
-_RETRIEVAL_METRIC = re.compile(r"(image_retrieval_recall|text_retrieval_recall|mean_recall)@(\d+)")
-_ACCURACY_METRIC = re.compile(r"acc(\d+)")
-ACCURACY_KS = (1, 5)
 _BOOTSTRAP_CHUNK = 256  # resamples drawn at once: bounds memory on large eval sets
 
 
-def supported_metrics(task: str) -> list[str]:
-    if task in RETRIEVAL_TASKS:
-        return [f"{m}@{k}" for m in ("image_retrieval_recall", "text_retrieval_recall", "mean_recall") for k in RECALL_KS]
-    if task == "zeroshot_classification":
-        return [f"acc{k}" for k in ACCURACY_KS]
-    return []
-
-
 def parse_gate_metric(gate_metric: str) -> tuple[str, str]:
-    """``<benchmark>/<metric>`` -> (benchmark, metric); the benchmark must exist."""
+    """``<benchmark>/<metric>`` -> (benchmark, metric); the benchmark must exist and its task
+    must score the metric per query."""
     benchmark, sep, metric = gate_metric.partition("/")
     if not (sep and benchmark and metric):
         raise FlameError(f"registry.gate_metric {gate_metric!r}: expected '<benchmark>/<metric>', "
                          "e.g. 'sample-dev-retrieval/mean_recall@5'")
-    task = get_benchmark(benchmark).task
-    if metric not in supported_metrics(task):
-        supported = ", ".join(supported_metrics(task)) or "none"
-        raise FlameError(f"registry.gate_metric {gate_metric!r}: metric {metric!r} of a {task} benchmark cannot be "
+    task = get_task(get_benchmark(benchmark).task)
+    if metric not in task.per_query_metrics:
+        supported = ", ".join(task.per_query_metrics) or "none"
+        raise FlameError(f"registry.gate_metric {gate_metric!r}: metric {metric!r} of a {task.name} benchmark cannot be "
                          f"scored per query; supported: {supported}")
     return benchmark, metric
 
@@ -98,20 +86,16 @@ def _files_under(path: Path) -> list[Path]:
 
 
 def load_eval_set(config: FlameConfig, *, limit: int | None = None) -> EvalSet:
-    """The eval set of ``config.registry.gate_metric``; every image is checked readable."""
+    """The eval set of ``config.registry.gate_metric``, loaded and selected as ``evaluations.runner``
+    does (its first ``limit`` images); every image is checked readable with ``image.max_pixels``."""
     if limit is not None and limit < 1:
         raise FlameError(f"limit must be at least 1, got {limit}")
     benchmark, metric = parse_gate_metric(config.registry.gate_metric)
     bench = get_benchmark(benchmark)
-    path = bench.path()
-    if not path.exists():
-        raise FlameError(f"benchmark {benchmark!r} of registry.gate_metric: data not found at {path}")
-    data = bench.load(path, config.eval)
-    if limit:
-        data = data.subset(list(range(min(limit, len(data.images)))))
-    check_images(data.images, what=benchmark, max_pixels=config.image.max_pixels)
     protocol = text_protocol(config.eval, bench.task, benchmark)
-    return EvalSet(benchmark, bench.task, metric, data, protocol, config.eval, path, limit, config.image.max_pixels)
+    data, _ = runner.select_data(get_task(bench.task), runner.load_benchmark(benchmark, config.eval), benchmark,
+                                 limit=limit, max_pixels=config.image.max_pixels)
+    return EvalSet(benchmark, bench.task, metric, data, protocol, config.eval, bench.path(), limit, config.image.max_pixels)
 
 
 def eval_set_fingerprint(config: FlameConfig, *, limit: int | None = None) -> str:
@@ -119,54 +103,24 @@ def eval_set_fingerprint(config: FlameConfig, *, limit: int | None = None) -> st
     return load_eval_set(config, limit=limit).fingerprint()
 
 
-@dataclass(frozen=True)
-class QueryHits:
-    """One model's hit (True/False) per query of an eval set's metric, per direction of the
-    metric (mean_recall has two), with the image each query belongs to (``units``)."""
-
-    metric: str
-    hits: tuple[torch.Tensor, ...]
-    units: tuple[np.ndarray, ...]
-    n_units: int
-
-    @property
-    def score(self) -> float:
-        rates = [hit_rate(h) for h in self.hits]
-        return mean_recall(*rates) if len(rates) == 2 else rates[0]
-
-    @property
-    def n_queries(self) -> int:
-        return sum(len(h) for h in self.hits)
-
-
-def score_per_query(model, eval_set: EvalSet) -> QueryHits:
-    """``model``'s hits on ``eval_set``, embedded and ranked as ``evaluations.runner`` does."""
-    cfg, data, protocol = eval_set.eval_config, eval_set.data, eval_set.protocol
-    image_emb = embed_images(model, data.images, cfg.batch_size, desc=f"{eval_set.benchmark}: images",
-                             max_pixels=eval_set.max_pixels)
-    n_images = len(data.images)
-    if eval_set.task in RETRIEVAL_TASKS:
-        family, k = _RETRIEVAL_METRIC.fullmatch(eval_set.metric).groups()
-        text_emb = embed_texts(model, data.texts, protocol.facet_set, cfg.batch_size,
-                               desc=f"{eval_set.benchmark}: texts ({protocol.facet_set})",
-                               use_cache=cfg.text_cache, pooling=protocol.pooling)
-        hits = retrieval_hits(image_emb, text_emb, data.text_to_image, ks=(int(k),))
-        by_text = (hits[f"image_retrieval_recall@{k}"], np.asarray(data.text_to_image))
-        by_image = (hits[f"text_retrieval_recall@{k}"], np.arange(n_images))
-        chosen = {"image_retrieval_recall": [by_text], "text_retrieval_recall": [by_image],
-                  "mean_recall": [by_text, by_image]}[family]
-    else:
-        k = int(_ACCURACY_METRIC.fullmatch(eval_set.metric).group(1))
-        classifier = class_embeddings(model, data.classnames, protocol, cfg.batch_size, cfg.text_cache)
-        chosen = [(classification_hits(image_emb @ classifier.T, data.labels, (k,))[k], np.arange(n_images))]
-    return QueryHits(eval_set.metric, tuple(h for h, _ in chosen), tuple(u for _, u in chosen), n_images)
+def score(model, eval_set: EvalSet) -> QueryHits:
+    """``model``'s hits on ``eval_set``'s metric: the benchmark's task run as ``evaluations.runner``
+    runs it, and the metric's per-query hits taken from the task's output."""
+    output = runner.score_data(model, get_task(eval_set.task), eval_set.data, eval_set.benchmark,
+                               eval_set.eval_config, eval_set.protocol, max_pixels=eval_set.max_pixels)
+    hits = output.per_query.get(eval_set.metric)
+    if hits is None:
+        reported = ", ".join(output.per_query) or "none"
+        raise FlameError(f"registry.gate_metric {eval_set.gate_metric!r}: the {eval_set.task} task reported no per-query "
+                         f"{eval_set.metric} on this eval set (it reported: {reported}; acc5 needs at least 5 classes)")
+    return hits
 
 
 def score_checkpoint(checkpoint_dir: str | Path, eval_set: EvalSet) -> QueryHits:
     """The hits of the FLAME checkpoint in ``checkpoint_dir`` (on the CPU, as ``flame evaluate``)."""
     from flame.model import load
 
-    return score_per_query(load(checkpoint_dir), eval_set)
+    return score(load(checkpoint_dir), eval_set)
 
 
 def paired_bootstrap(challenger_hits: QueryHits, champion_hits: QueryHits, samples: int = 1000,

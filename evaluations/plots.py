@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from evaluations.tasks import RetrievalExamples  # noqa: E402
+from evaluations.tasks.base import RetrievalExamples  # noqa: E402
 from flame.atomic import atomic_path  # noqa: E402
 from flame.data.images import read_image  # noqa: E402
 

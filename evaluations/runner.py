@@ -16,49 +16,23 @@ from typing import Iterable
 import torch
 
 from evaluations import datasets as ds
-from evaluations.embedding import EMBEDDING, embed_images
+from evaluations.benchmarks import BENCHMARKS, get_benchmark
+from evaluations.embedding import embed_images
 from evaluations.image_checks import check_images
 from evaluations.plots import metric_bars, retrieval_grid
-from evaluations.benchmarks import BENCHMARKS, get_benchmark
-from evaluations.protocol import TextProtocol, text_protocol
-from evaluations.tasks import MANIFEST_TASKS, TASK_JSON_NAMES, TaskOutput
-from evaluations.tasks.linear_probe import IMAGE_FEATURES as LINEAR_PROBE_FEATURES
-from evaluations.tasks.linear_probe import evaluate_linear_probe
-from evaluations.tasks.multilingual_retrieval import evaluate_multilingual
-from evaluations.tasks.retrieval import evaluate_retrieval
-from evaluations.tasks.text_pair_retrieval import evaluate_text_pairs
-from evaluations.tasks.zeroshot_classification import evaluate_zeroshot
+from evaluations.protocol import text_protocol
+from evaluations.tasks import MANIFEST_TASKS, ManifestFields, Task, get_task
+from evaluations.tasks.base import TaskOutput, TextProtocol
 from flame.config import EvalConfig
 from flame.errors import FlameError
 
 log = logging.getLogger(__name__)
-
-IMAGE_TASKS = set(MANIFEST_TASKS)
-# The image features a task scores when not the image-text embedding (see evaluations.embedding).
-IMAGE_FEATURES = {"linear_probe": LINEAR_PROBE_FEATURES}
 
 
 def describe_model(model) -> str:
     image = getattr(getattr(model, "image_config", None), "model", None)
     text = getattr(model, "text_encoder_name", None)
     return f"flame[{image}|{text}]" if image else type(model).__name__
-
-
-def run_task(model, task: str, data, config: EvalConfig, protocol: TextProtocol,
-             image_emb: torch.Tensor | None = None) -> TaskOutput:
-    bs, cache = config.batch_size, config.text_cache
-    if task in ("retrieval", "long_retrieval"):
-        return evaluate_retrieval(model, data, protocol, bs, config.example_queries, image_emb, cache)
-    if task == "multilingual_retrieval":
-        return evaluate_multilingual(model, data, protocol, bs, cache, image_emb)
-    if task == "zeroshot_classification":
-        return evaluate_zeroshot(model, data, protocol, bs, cache, image_emb)
-    if task == "linear_probe":
-        return evaluate_linear_probe(model, data, config.linear_probe_train_per_class, config.linear_probe_c, bs,
-                                     image_emb=image_emb)
-    if task == "text_pair_retrieval":
-        return evaluate_text_pairs(model, data, protocol, bs, cache_texts=cache)
-    raise FlameError(f"unknown task {task!r}; available: {', '.join(TASK_JSON_NAMES)}")
 
 
 def evaluate_dataset(
@@ -86,36 +60,18 @@ def evaluate_dataset(
     as one warning per kind.
     """
     config = config or EvalConfig()
+    spec = get_task(task)
     protocol = text_protocol(config, task, benchmark)
-    details: dict = {"skipped_rows_without_text": _skipped_rows(data)}
-    if details["skipped_rows_without_text"]:
-        log.warning("%s: skipped %d rows without text (details.skipped_rows_without_text)",
-                    name, details["skipped_rows_without_text"])
-    image_emb = None
-    if task in IMAGE_TASKS:
-        if limit:
-            data = data.subset(list(range(min(limit, len(data.images)))))
-        check = check_images(data.images, skip_missing=skip_missing, what=name, max_pixels=max_pixels)
-        if check.failed:
-            log.warning("%s: skipped %d unreadable images (details.skipped_images), e.g. %s: %s",
-                        name, len(check.failed), *check.failed[0])
-            data = data.subset(check.ok)
-        details["skipped_images"] = len(check.failed)
-        details["skipped_image_examples"] = [f"{ref}: {why}" for ref, why in check.failed[:20]]
-        features = IMAGE_FEATURES.get(task, EMBEDDING)
-        image_emb = _embed_images_once(model, data.images, config.batch_size, name, image_memo, features, max_pixels)
-        if not torch.isfinite(image_emb).all():
-            raise FlameError(f"{name}: the model's image embeddings hold NaN/Inf; its checkpoint is likely corrupt")
-    elif limit:
-        data = [ds.TextPairSet(p.name, p.queries[:limit], p.targets[:limit], p.skipped_rows) for p in data]
-    output = run_task(model, task, data, config, protocol, image_emb)
-    _check_finite(output.metrics, name)
+    data, details = select_data(spec, data, name, limit=limit, skip_missing=skip_missing, max_pixels=max_pixels)
+    output = score_data(model, spec, data, name, config, protocol, image_memo=image_memo, max_pixels=max_pixels)
+    if spec.image_features is not None:
+        details["image_features"] = spec.image_features
     result = {
         "dataset": name,
         "model": describe_model(model),
         "pretrained": pretrained,
-        "task": TASK_JSON_NAMES[task],
-        "text_protocol": protocol.describe(model) if task != "linear_probe" else None,
+        "task": spec.json_name,
+        "text_protocol": protocol.describe(model) if spec.uses_text else None,
         "metrics": output.metrics,
         "details": {**output.details, **details},
         "plots": [],
@@ -123,6 +79,45 @@ def evaluate_dataset(
     if out_dir is not None and config.plots:
         result["plots"] = _plots(output, name, Path(out_dir), plot_prefix, max_pixels)
     return result
+
+
+def select_data(task: Task, data, name: str, *, limit: int | None = None, skip_missing: bool = False,
+                max_pixels: int | None = None) -> tuple[object, dict]:
+    """``data`` as ``task`` scores it: its first ``limit`` images (or text pairs), and only the
+    images that read (``max_pixels``: larger ones do not; any that fails raises unless
+    ``skip_missing``); with the skips counted for the result's ``details``, each kind logged once."""
+    details: dict = {"skipped_rows_without_text": _skipped_rows(data)}
+    if details["skipped_rows_without_text"]:
+        log.warning("%s: skipped %d rows without text (details.skipped_rows_without_text)",
+                    name, details["skipped_rows_without_text"])
+    if task.image_features is None:
+        if limit:
+            data = [ds.TextPairSet(p.name, p.queries[:limit], p.targets[:limit], p.skipped_rows) for p in data]
+        return data, details
+    if limit:
+        data = data.subset(list(range(min(limit, len(data.images)))))
+    check = check_images(data.images, skip_missing=skip_missing, what=name, max_pixels=max_pixels)
+    if check.failed:
+        log.warning("%s: skipped %d unreadable images (details.skipped_images), e.g. %s: %s",
+                    name, len(check.failed), *check.failed[0])
+        data = data.subset(check.ok)
+    details["skipped_images"] = len(check.failed)
+    details["skipped_image_examples"] = [f"{ref}: {why}" for ref, why in check.failed[:20]]
+    return data, details
+
+
+def score_data(model, task: Task, data, name: str, config: EvalConfig, protocol: TextProtocol, *,
+               image_memo: dict[tuple[str, str], torch.Tensor] | None = None, max_pixels: int | None = None) -> TaskOutput:
+    """``task``'s output on ``data`` (as ``select_data`` left it): its images embedded as the task
+    asks (read with ``max_pixels``; see ``evaluate_dataset`` for ``image_memo``), then scored."""
+    image_emb = None
+    if task.image_features is not None:
+        image_emb = _embed_images_once(model, data.images, config.batch_size, name, image_memo, task.image_features, max_pixels)
+        if not torch.isfinite(image_emb).all():
+            raise FlameError(f"{name}: the model's image embeddings hold NaN/Inf; its checkpoint is likely corrupt")
+    output = task.run(model, data, config, protocol, image_emb)
+    _check_finite(output.metrics, name)
+    return output
 
 
 def _skipped_rows(data) -> int:
@@ -141,7 +136,7 @@ def _check_finite(metrics: dict[str, float], name: str) -> None:
 
 
 def _embed_images_once(model, images: list[str], batch_size: int, name: str, memo: dict | None,
-                       features: str = EMBEDDING, max_pixels: int | None = None) -> torch.Tensor:
+                       features: str, max_pixels: int | None = None) -> torch.Tensor:
     memo = {} if memo is None else memo
     todo = list(dict.fromkeys(p for p in images if (features, p) not in memo))
     if todo:
@@ -165,12 +160,17 @@ def _plots(output: TaskOutput, name: str, out_dir: Path, prefix: str, max_pixels
 def evaluate_benchmark(model, name: str, out_dir: str | Path | None = None, config: EvalConfig | None = None, **kwargs) -> dict:
     """One registered benchmark; its data must exist (else a ``FlameError`` saying where it looked)."""
     config = config or EvalConfig()
+    return evaluate_dataset(model, get_benchmark(name).task, load_benchmark(name, config), name, config, out_dir,
+                            benchmark=name, **kwargs)
+
+
+def load_benchmark(name: str, config: EvalConfig):
+    """The data of the registered benchmark ``name``, as its loader reads it."""
     bench = get_benchmark(name)
     path = bench.path()
     if not path.exists():
         raise FlameError(f"benchmark {name!r}: data not found at {path} (set FLAME_SHARED_DATA to the folder holding it)")
-    data = bench.load(path, config)
-    return evaluate_dataset(model, bench.task, data, name, config, out_dir, benchmark=name, **kwargs)
+    return bench.load(path, config)
 
 
 def expand_names(names: Iterable[str]) -> tuple[list[str], list[dict]]:
@@ -217,13 +217,7 @@ def evaluate_manifest(
     if task not in MANIFEST_TASKS:
         raise FlameError(f"unknown task {task!r} for a manifest; available: {', '.join(MANIFEST_TASKS)}")
     name = Path(manifest).stem
-    captions = (caption_field,) if caption_field else ds.DEFAULT_CAPTION_FIELDS
-    if task in ("retrieval", "long_retrieval"):
-        data = ds.load_retrieval(manifest, name, caption_fields=captions)
-    elif task == "multilingual_retrieval":
-        data = ds.load_multilingual(manifest, name, languages=languages)
-    else:
-        data = ds.load_classification(manifest, name, label_field=label_field or ds.DEFAULT_LABEL_FIELD)
+    data = get_task(task).load_manifest(Path(manifest), name, ManifestFields(caption_field, label_field, languages))
     return evaluate_dataset(model, task, data, name, config, out_dir, **kwargs)
 
 

@@ -9,7 +9,8 @@ from clip_benchmark.metrics import zeroshot_classification as cb_cls
 from clip_benchmark.metrics import zeroshot_retrieval as cb_ret
 from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
 
-from evaluations.metrics import classification_metrics, retrieval_metrics
+from evaluations.hits import RECALL_METRICS
+from evaluations.metrics import classification_metrics, retrieval_metrics, score_classification, score_retrieval
 
 
 def _unit(n, d, gen):
@@ -88,6 +89,26 @@ def test_classification_matches_clip_benchmark():
     # clip-benchmark's mean_per_class_recall is sklearn's balanced accuracy of the top-1 prediction.
     assert ours["mean_per_class_recall"] == pytest.approx(balanced_accuracy_score(targets, logits.argmax(dim=1)))
     assert ours["chance_acc1"] == pytest.approx(1 / 12) and ours["chance_acc5"] == pytest.approx(5 / 12)
+
+
+def test_every_recall_and_accuracy_is_the_score_of_its_per_query_hits():
+    gen = torch.Generator().manual_seed(5)
+    text_to_image = torch.arange(8).repeat_interleave(3)
+    scores = score_retrieval(_unit(8, 6, gen), _unit(24, 6, gen), text_to_image)
+    assert tuple(scores.hits) == RECALL_METRICS
+    for name, hits in scores.hits.items():
+        assert hits.metric == name and hits.n_units == 8 and scores.metrics[name] == hits.score, name
+    t2i, i2t, mean = (scores.hits[f"{m}@5"] for m in ("image_retrieval_recall", "text_retrieval_recall", "mean_recall"))
+    assert t2i.n_queries == 24 and np.array_equal(t2i.units[0], text_to_image.numpy())  # a text belongs to its image
+    assert i2t.n_queries == 8 and np.array_equal(i2t.units[0], np.arange(8))
+    assert mean.hits == t2i.hits + i2t.hits and mean.score == (t2i.score + i2t.score) / 2
+
+    targets = torch.randint(0, 6, (30,), generator=gen)
+    logits = torch.randn(30, 6, generator=gen)
+    probe = score_classification(logits, targets, prefix="lp_")
+    assert tuple(probe.hits) == ("lp_acc1", "lp_acc5")
+    assert all(probe.metrics[name] == hits.score and hits.n_queries == hits.n_units == 30 for name, hits in probe.hits.items())
+    assert tuple(score_classification(logits[:, :3], targets % 3).hits) == ("acc1",)  # acc5 needs 5 classes
 
 
 def test_bad_metric_inputs_are_named():

@@ -1,5 +1,6 @@
-"""Per-query scoring for the promotion gate: hits that average to the runner's metrics on a
-real model, the eval-set fingerprint over files and settings, and the paired bootstrap."""
+"""Per-query scoring for the promotion gate: the gate scores through the runner's task code, so
+its hits are the runner's metrics on a real model; the eval-set fingerprint over files and
+settings; and the paired bootstrap."""
 
 import json
 import shutil
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from evaluations import paired, runner
+from evaluations.tasks import TASKS
 from flame.config import load_config, repo_root
 from flame.errors import FlameError
 
@@ -22,16 +24,26 @@ def _with_gate_metric(config, gate_metric):
 @pytest.mark.slow
 def test_per_query_hits_average_to_the_runners_metrics(eval_model, eval_config):
     reported = runner.evaluate_benchmark(eval_model, "sample-dev-retrieval", None, eval_config.eval, limit=N_IMAGES)["metrics"]
-    metrics = paired.supported_metrics("retrieval")
+    metrics = TASKS["retrieval"].per_query_metrics
     assert len(metrics) == 9 and "mean_recall@5" in metrics
     for metric in metrics:
         config = _with_gate_metric(eval_config, f"sample-dev-retrieval/{metric}")
-        hits = paired.score_per_query(eval_model, paired.load_eval_set(config, limit=N_IMAGES))
-        assert hits.score == reported[metric], metric
+        hits = paired.score(eval_model, paired.load_eval_set(config, limit=N_IMAGES))
+        assert hits.metric == metric and hits.score == reported[metric], metric
         expected_queries = {"image_retrieval_recall": 5 * N_IMAGES, "text_retrieval_recall": N_IMAGES,
                             "mean_recall": 6 * N_IMAGES}[metric.split("@")[0]]
         assert (hits.n_units, hits.n_queries) == (N_IMAGES, expected_queries), metric
     assert 0 < reported["mean_recall@5"] < 1
+
+
+@pytest.mark.slow
+def test_a_checkpoint_scores_as_its_model(eval_model, eval_checkpoint, eval_config):
+    """``score_checkpoint`` (what the gate calls) loads the checkpoint and scores it like the model in memory."""
+    eval_set = paired.load_eval_set(eval_config, limit=N_IMAGES)
+    from_disk, in_memory = paired.score_checkpoint(eval_checkpoint, eval_set), paired.score(eval_model, eval_set)
+    assert from_disk.metric == eval_config.registry.gate_metric.split("/")[1]
+    assert from_disk.score == pytest.approx(in_memory.score)
+    assert all(np.array_equal(a, b) for a, b in zip(from_disk.units, in_memory.units))
 
 
 def test_gate_metrics_that_cannot_be_scored_per_query_are_named(eval_config):
@@ -111,8 +123,12 @@ def test_zero_shot_hits_average_to_the_runners_accuracy(eval_model, eval_config,
     eval_cfg = eval_config.eval.model_copy(update={"templates": "single"})
     config = _with_gate_metric(eval_config.model_copy(update={"eval": eval_cfg}), "imagenet-200x5-zeroshot/acc1")
     reported = runner.evaluate_benchmark(eval_model, "imagenet-200x5-zeroshot", None, eval_cfg)["metrics"]
-    hits = paired.score_per_query(eval_model, paired.load_eval_set(config))
+    hits = paired.score(eval_model, paired.load_eval_set(config))
     assert hits.score == reported["acc1"] and (hits.n_units, hits.n_queries) == (3, 3)
+    # acc5 is a gate metric of zero-shot, but 2 classes have no acc5: named, not a KeyError.
+    acc5 = paired.load_eval_set(_with_gate_metric(config, "imagenet-200x5-zeroshot/acc5"))
+    with pytest.raises(FlameError, match="reported no per-query acc5 on this eval set .*at least 5 classes"):
+        paired.score(eval_model, acc5)
 
 
 def _retrieval_hits(t2i, i2t, text_to_image) -> paired.QueryHits:

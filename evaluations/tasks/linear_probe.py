@@ -13,12 +13,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from evaluations.datasets import ClassificationSet
-from evaluations.embedding import BACKBONE, embed_images
 from evaluations.metrics import classification_metrics
-from evaluations.tasks import TaskOutput
+from evaluations.tasks.base import TaskOutput
 from flame.errors import FlameError
-
-IMAGE_FEATURES = BACKBONE
 
 
 def fixed_split(labels: list[int], train_per_class: int) -> tuple[list[int], list[int]]:
@@ -30,17 +27,15 @@ def fixed_split(labels: list[int], train_per_class: int) -> tuple[list[int], lis
     return train, test
 
 
-def evaluate_linear_probe(model, data: ClassificationSet, train_per_class: int = 3, c: float = 1.0, batch_size: int = 64, seed: int = 0,
-                          image_emb: torch.Tensor | None = None) -> TaskOutput:
-    """``image_emb``: the images' ``IMAGE_FEATURES`` when already embedded."""
+def evaluate_linear_probe(data: ClassificationSet, image_features: torch.Tensor, train_per_class: int = 3, c: float = 1.0,
+                          seed: int = 0) -> TaskOutput:
+    """``image_features``: the images' backbone features (the task's ``image_features`` in ``evaluations.tasks.TASKS``)."""
     train, test = fixed_split(data.labels, train_per_class)
     if not test:
         raise FlameError(f"{data.name}: no test images left with {train_per_class} training images per class")
     if len({data.labels[i] for i in train}) < 2:
         raise FlameError(f"{data.name}: the linear probe needs at least 2 classes")
-    if image_emb is None:
-        image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images", features=IMAGE_FEATURES)
-    features = image_emb.numpy()
+    features = image_features.numpy()
     labels = np.asarray(data.labels)
     clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
     clf.fit(features[train], labels[train])
@@ -50,6 +45,6 @@ def evaluate_linear_probe(model, data: ClassificationSet, train_per_class: int =
     targets = np.asarray([column[label] for label in labels[test]])
     metrics = classification_metrics(torch.from_numpy(clf.predict_proba(features[test])), targets, prefix="lp_")
     details = {"n_train": len(train), "n_test": len(test), "n_classes": len(clf.classes_), "C": c,
-               "image_features": IMAGE_FEATURES, "feature_dim": int(features.shape[1])}
+               "feature_dim": int(features.shape[1])}
     return TaskOutput(metrics, details)
 

@@ -11,18 +11,17 @@ import numpy as np
 import torch
 
 from evaluations.datasets import MultilingualSet
-from evaluations.embedding import embed_images, embed_texts
+from evaluations.embedding import embed_texts
+from evaluations.hits import recall_names
 from evaluations.metrics import retrieval_metrics
-from evaluations.protocol import TextProtocol
-from evaluations.tasks import TaskOutput
+from evaluations.tasks.base import TaskOutput, TextProtocol
 
-KEYS = ("image_retrieval_recall@1", "text_retrieval_recall@1", "mean_recall@1")
+KEYS = recall_names(1)
 
 
-def evaluate_multilingual(model, data: MultilingualSet, protocol: TextProtocol = TextProtocol(), batch_size: int = 64,
-                          cache_texts: bool = False, image_emb: torch.Tensor | None = None) -> TaskOutput:
-    if image_emb is None:
-        image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
+def evaluate_multilingual(model, data: MultilingualSet, image_emb: torch.Tensor, protocol: TextProtocol,
+                          batch_size: int = 64, cache_texts: bool = False) -> TaskOutput:
+    """``image_emb``: the embeddings of ``data.images``."""
     metrics: dict[str, float] = {}
     per_language: dict[str, dict] = {}
     for lang in data.languages:

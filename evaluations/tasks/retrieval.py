@@ -9,33 +9,31 @@ from __future__ import annotations
 import torch
 
 from evaluations.datasets import RetrievalSet
-from evaluations.embedding import embed_images, embed_texts
-from evaluations.metrics import retrieval_metrics
-from evaluations.protocol import TextProtocol
-from evaluations.tasks import RetrievalExamples, TaskOutput
+from evaluations.embedding import embed_texts
+from evaluations.metrics import score_retrieval
+from evaluations.tasks.base import RetrievalExamples, TaskOutput, TextProtocol
 
 
 def evaluate_retrieval(
     model,
     data: RetrievalSet,
-    protocol: TextProtocol = TextProtocol(),
+    image_emb: torch.Tensor,
+    protocol: TextProtocol,
     batch_size: int = 64,
     n_examples: int = 4,
-    image_emb: torch.Tensor | None = None,
     cache_texts: bool = False,
 ) -> TaskOutput:
-    if image_emb is None:
-        image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
+    """``image_emb``: the embeddings of ``data.images``. Per query: every recall of ``evaluations.hits.RECALL_METRICS``."""
     text_emb = embed_texts(model, data.texts, protocol.facet_set, batch_size, desc=f"{data.name}: texts ({protocol.facet_set})",
                            use_cache=cache_texts, pooling=protocol.pooling)
-    metrics = retrieval_metrics(image_emb, text_emb, data.text_to_image)
+    scores = score_retrieval(image_emb, text_emb, data.text_to_image)
     details = {
         "n_images": len(data.images),
         "n_texts": len(data.texts),
         "facet_set": protocol.facet_set,
         "skipped_rows_without_text": data.skipped_rows,
     }
-    return TaskOutput(metrics, details, _examples(data, image_emb, text_emb, n_examples))
+    return TaskOutput(scores.metrics, details, _examples(data, image_emb, text_emb, n_examples), scores.hits)
 
 
 def _examples(data: RetrievalSet, image_emb: torch.Tensor, text_emb: torch.Tensor, n: int) -> RetrievalExamples:

@@ -13,15 +13,14 @@ import numpy as np
 from evaluations.datasets import TextPairSet
 from evaluations.embedding import embed_texts
 from evaluations.metrics import retrieval_metrics
-from evaluations.protocol import TextProtocol
-from evaluations.tasks import TaskOutput
+from evaluations.tasks.base import TaskOutput, TextProtocol
 from flame.config import LONG_FACET_SET, RAW_FACET_SET
 
 FACET_SETS = (RAW_FACET_SET, LONG_FACET_SET)
 KS = (1, 5)
 
 
-def evaluate_text_pairs(model, sets: list[TextPairSet], protocol: TextProtocol = TextProtocol(), batch_size: int = 64,
+def evaluate_text_pairs(model, sets: list[TextPairSet], protocol: TextProtocol, batch_size: int = 64,
                         facet_sets=FACET_SETS, cache_texts: bool = False) -> TaskOutput:
     """Both ``facet_sets`` are scored, each pooled as ``protocol`` says (its own facet set is ignored)."""
     metrics: dict[str, float] = {}

@@ -7,10 +7,9 @@ from __future__ import annotations
 import torch
 
 from evaluations.datasets import ClassificationSet
-from evaluations.embedding import embed_images, embed_texts
-from evaluations.metrics import classification_metrics
-from evaluations.protocol import TextProtocol
-from evaluations.tasks import TaskOutput
+from evaluations.embedding import embed_texts
+from evaluations.metrics import score_classification
+from evaluations.tasks.base import TaskOutput, TextProtocol
 from flame.model.zero_shot import build_zero_shot_classifier
 
 
@@ -28,13 +27,11 @@ def class_embeddings(model, classnames: list[str], protocol: TextProtocol, batch
     return build_zero_shot_classifier(model, classnames, templates, protocol.facet_set, encode_texts=encode)
 
 
-def evaluate_zeroshot(model, data: ClassificationSet, protocol: TextProtocol = TextProtocol(templates="openai"),
-                      batch_size: int = 64, cache_texts: bool = False, image_emb: torch.Tensor | None = None) -> TaskOutput:
-    if image_emb is None:
-        image_emb = embed_images(model, data.images, batch_size, desc=f"{data.name}: images")
+def evaluate_zeroshot(model, data: ClassificationSet, image_emb: torch.Tensor, protocol: TextProtocol,
+                      batch_size: int = 64, cache_texts: bool = False) -> TaskOutput:
+    """``image_emb``: the embeddings of ``data.images``. Per query (image): acc1, and acc5 with at least 5 classes."""
     classifier = class_embeddings(model, data.classnames, protocol, batch_size, cache_texts)
-    logits = image_emb @ classifier.T
-    metrics = classification_metrics(logits, data.labels)
+    scores = score_classification(image_emb @ classifier.T, data.labels)
     details = {"n_images": len(data.images), "n_classes": len(data.classnames),
                "n_templates": len(protocol.template_strings()), "facet_set": protocol.facet_set}
-    return TaskOutput(metrics, details)
+    return TaskOutput(scores.metrics, details, per_query=scores.hits)
