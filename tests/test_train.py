@@ -260,3 +260,17 @@ def test_resume_against_changed_data_or_configuration_is_refused(one_epoch, samp
     torch.save(state, out / "train_state.pt")
     with pytest.raises(FlameError, match="does not record the data it was trained on"):
         run_training(tiny_train_config(**CONFIG), sample_shards, synthetic_store, out, resume=True)
+
+
+def test_progress_goes_into_the_train_state_under_the_keys_checkpoints_have_always_had():
+    from flame.train.progress import TrainProgress
+
+    progress = TrainProgress()
+    for loss in (3.0, 2.0):
+        progress.record_step(loss)
+    progress.end_epoch(skipped_corrupt=1)
+    progress.record_step(1.0)
+    state = progress.to_state()
+    assert state == {"step": 3, "epoch": 1, "step_in_epoch": 1, "epoch_loss_sum": 1.0, "losses": [2.5],
+                     "first_loss": 3.0, "last_loss": 1.0, "skipped_corrupt": 1, "epoch_corrupt": 0}
+    assert TrainProgress.from_state({**state, "model": {}, "steps_per_epoch": 4}) == progress
