@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flame.config import load_config  # noqa: E402
-from flame.losses import get_loss  # noqa: E402
+from flame.train.losses import get_loss  # noqa: E402
 from flame.model import FlameModel  # noqa: E402
 from flame.model.clip_text import clip_text_config, tokenize  # noqa: E402
 from flame.text.store import EmbeddingStore  # noqa: E402

@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 from flame import checkpoint as ckpt
 from flame.config import FlameConfig
 from flame.errors import FlameError
-from flame.losses import get_loss
 from flame.model import FlameModel
 from flame.tracking import ConsoleTracker, JsonlTracker, MultiTracker, Tracker
 from flame.train.batches import ShardBatches, shards_of_rank, steps_per_epoch
 from flame.train.distributed import DistContext, all_reduce_int, barrier, cleanup, data_parallel, init_distributed
+from flame.train.losses import get_loss
 from flame.train.optim import build_optimizer, build_scheduler
 from flame.train.precision import resolve_precision
 from flame.train.progress import TrainProgress
