@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from evaluations.text_cache import TextEmbeddingCache
 from flame.config import RAW_FACET_SET
 from flame.data.images import read_image
-from flame.model.text_towers import MEAN_THEN_NORMALIZE
+from flame.text_modes.facet_pooling import MEAN_THEN_NORMALIZE
 
 
 # Which image features a task scores: the image-text embedding (``encode_image``), or the

@@ -16,7 +16,7 @@ from evaluations.tasks import TASK_JSON_NAMES
 from evaluations.templates import get_templates
 from flame.config import RAW_FACET_SET, EvalConfig
 from flame.errors import FlameError
-from flame.model.text_towers import MEAN_THEN_NORMALIZE
+from flame.text_modes.facet_pooling import MEAN_THEN_NORMALIZE
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from flame.config import load_config, repo_root
 from flame.errors import FlameError
 from flame.model import FlameModel
 from flame.model.image_tower import ImageTower
-from flame.model.text_towers import check_text_fingerprint
+from flame.text_modes.frozen_llm import check_text_fingerprint
 from flame.train.optim import build_optimizer, warmup_cosine
 from tests.fixtures.train import tiny_train_config
 

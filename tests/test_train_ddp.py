@@ -23,10 +23,10 @@ from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakTensorKeyDictionary
 
 import flame.model
+from flame.text_modes import training_side
 from flame.train import run_training
 from flame.train.distributed import all_gather_with_grad, all_reduce, all_reduce_int, cleanup, init_distributed
 from flame.train.loop import _Trainer
-from flame.train.text_modes import text_mode_for
 from tests.fixtures.train import STORE_D, tiny_train_config
 
 pytestmark = pytest.mark.slow
@@ -208,7 +208,7 @@ def _train_steps(rank, world, port, shards, store, loss, results):
     config = tiny_train_config(batch_size=GLOBAL_BATCH, precision="fp32", loss=loss, eps=1e-3, grad_clip=None)
     try:
         with collectives_on(ctx.device):
-            trainer = _Trainer(config, text_mode_for(config, shards, store), Path(shards),
+            trainer = _Trainer(config, training_side(config, shards, store), Path(shards),
                                Path(results) / f"out-{world}-{rank}", None, False, None, ctx)
             trainer._prepare_data()
             trainer._build_model(None)

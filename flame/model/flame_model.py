@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from flame import checkpoint
+from flame import checkpoint, text_modes
 from flame.config import RAW_FACET_SET, ImageConfig
 from flame.errors import FlameError
 from flame.model.image_tower import ImageTower
-from flame.model.text_towers import MEAN_THEN_NORMALIZE, make_text_tower
 from flame.model.transforms import eval_transform
+from flame.text_modes.facet_pooling import MEAN_THEN_NORMALIZE
 
 
 class FlameModel(nn.Module):
@@ -40,7 +40,7 @@ class FlameModel(nn.Module):
         # Stored as log(scale), like CLIP/SigLIP; the trainer clamps it.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
         self.logit_bias = nn.Parameter(torch.tensor(float(logit_bias_init)))
-        self.text = make_text_tower(text_mode, text_config, text_fingerprint)
+        self.text = text_modes.text_mode(text_mode).tower(text_config, text_fingerprint)
 
     @property
     def text_encoder_name(self) -> str | None:

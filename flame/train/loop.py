@@ -1,5 +1,5 @@
 """The training loop: a FlameModel's image tower (and, in the CLIP baseline, its text
-tower) against the texts its text mode provides (``flame.train.text_modes``).
+tower) against the texts its text mode provides (``flame.text_modes``).
 
 Single process, or DDP under torchrun. Resumable exactly from the checkpoint folder:
 the data order, crops and positive picks depend only on (seed, epoch, key), and the
@@ -23,6 +23,8 @@ from flame import checkpoint as ckpt
 from flame.config import FlameConfig
 from flame.errors import FlameError
 from flame.model import FlameModel
+from flame.text_modes import training_side
+from flame.text_modes.base import TrainingSide
 from flame.tracking import ConsoleTracker, JsonlTracker, MultiTracker, Tracker
 from flame.train.batches import ShardBatches, shards_of_rank, steps_per_epoch
 from flame.train.distributed import DistContext, all_reduce_int, barrier, cleanup, data_parallel, init_distributed
@@ -32,8 +34,6 @@ from flame.train.precision import resolve_precision
 from flame.train.progress import TrainProgress
 from flame.train.resume_check import check_resumable, provenance
 from flame.train.step import NonFiniteError, TrainStep
-from flame.train.text_modes import text_mode_for
-from flame.train.text_modes.base import TextMode
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,14 @@ def run_training(
     """
     ctx = init_distributed()
     try:
-        mode = text_mode_for(config, shards_dir, embeddings_dir)
+        mode = training_side(config, shards_dir, embeddings_dir)
         return _Trainer(config, mode, Path(shards_dir), Path(out_dir), epochs, resume, tracker, ctx).run()
     finally:
         cleanup(ctx)
 
 
 class _Trainer:
-    def __init__(self, config: FlameConfig, mode: TextMode, shards_dir: Path, out_dir: Path, epochs: int | None,
+    def __init__(self, config: FlameConfig, mode: TrainingSide, shards_dir: Path, out_dir: Path, epochs: int | None,
                  resume: bool, tracker: Tracker | None, ctx: DistContext):
         self.config, self.cfg, self.ctx = config, config.train, ctx
         self.mode = mode
@@ -123,7 +123,7 @@ class _Trainer:
         text = self.mode.model_text()
         self.model = FlameModel(
             self.config.image, text.embed_dim, text_config=text.text_config,
-            text_fingerprint=text.fingerprint, text_mode=self.mode.name,
+            text_fingerprint=text.fingerprint, text_mode=self.config.text.mode,
             logit_scale_init=self.cfg.logit_scale_init, logit_bias_init=self.cfg.logit_bias_init,
         )
         if state is not None:

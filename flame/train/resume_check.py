@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from flame.config import FlameConfig, flatten
+from flame.data.plan import ShardPlan
 from flame.errors import FlameError
-from flame.train.batches import ShardPlan
-from flame.train.text_modes.base import TextMode
+from flame.text_modes.base import TrainingSide
 
 # Settings a resume may change: --epochs extends a run (the LR horizon is kept, see
 # run_training); logging and checkpoint cadence, the LLM's batch size (of `flame embed`) and
@@ -34,7 +34,7 @@ def training_config(config: FlameConfig) -> dict[str, Any]:
     return sections
 
 
-def provenance(config: FlameConfig, mode: TextMode, plan: ShardPlan) -> dict[str, Any]:
+def provenance(config: FlameConfig, mode: TrainingSide, plan: ShardPlan) -> dict[str, Any]:
     """What the train state records of the inputs it was trained on."""
     return {
         "text_fingerprint": mode.text_fingerprint,
@@ -60,7 +60,7 @@ def data_changes(before: dict[str, str], now: dict[str, str]) -> list[str]:
     return changes
 
 
-def check_resumable(state: dict[str, Any], out_dir: Path, config: FlameConfig, mode: TextMode, plan: ShardPlan) -> None:
+def check_resumable(state: dict[str, Any], out_dir: Path, config: FlameConfig, mode: TrainingSide, plan: ShardPlan) -> None:
     """Raise ``FlameError`` unless the train state of ``out_dir`` was trained on what this run reads."""
     now = provenance(config, mode, plan)
     for what, key in (("text encoder fingerprint", "text_fingerprint"),

@@ -24,7 +24,7 @@ class NonFiniteError(ArithmeticError):
 class TrainStep:
     model: FlameModel
     forward: Callable  # the model, or its DDP wrapper
-    features: Callable  # TextMode.features: (forward, pixels, texts) -> image [B, D], texts [B, m, D]
+    features: Callable  # TrainingSide.features: (forward, pixels, texts) -> image [B, D], texts [B, m, D]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss_fn: Loss

@@ -1,0 +1,45 @@
+"""What a training will read of a shard folder, counted before it starts: every shard with
+its sha256 and its samples that the text side can use (``plan_shards``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from flame.data.shards import ShardSample, iter_shard, list_shards, shard_name
+from flame.digest import sha256_file
+
+
+@dataclass
+class ShardPlan:
+    shards: list[Path]
+    usable: dict[str, int]  # shard name -> samples with texts (their text mode can use)
+    missing: int = 0
+    missing_examples: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # shard name -> sha256 of its tar
+
+    @property
+    def total(self) -> int:
+        return sum(self.usable.values())
+
+
+def plan_shards(shards_dir: str | Path, usable: Callable[[str], Callable[[ShardSample], bool]]) -> ShardPlan:
+    """Every shard of ``shards_dir`` with its sha256 and its count of samples that
+    ``usable(shard name)(sample)`` accepts; the others are counted as missing (with a few examples)."""
+    shards = list_shards(shards_dir)
+    plan = ShardPlan(shards=shards, usable={})
+    for path in shards:
+        name = shard_name(path)
+        plan.digests[name] = sha256_file(path)
+        accepts = usable(name)
+        count = 0
+        for sample in iter_shard(path, with_images=False):
+            if accepts(sample):
+                count += 1
+            else:
+                plan.missing += 1
+                if len(plan.missing_examples) < 5:
+                    plan.missing_examples.append(f"{name}/{sample.key}")
+        plan.usable[name] = count
+    return plan
