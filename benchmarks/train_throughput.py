@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flame.config import load_config  # noqa: E402
-from flame.model import FlameModel  # noqa: E402
+from flame.model import FlameModel, ModelConfig  # noqa: E402
 from flame.text.store import EmbeddingStore  # noqa: E402
 from flame.text_modes.clip import ClipTraining, clip_text_config, tokenize  # noqa: E402
 from flame.text_modes.frozen_llm import FrozenLLMTraining  # noqa: E402
@@ -91,12 +91,12 @@ def step_runner(config, batch: int, *, mode: str = "flame", precision: str | Non
     torch.manual_seed(0)
     m, train = config.train.positives_per_image, config.train
     if mode == "clip":
-        model = FlameModel(config.image, config.clip_text.embed_dim, text_config=clip_text_config(config),
-                           text_mode="clip")
+        model = FlameModel(ModelConfig(embed_dim=config.clip_text.embed_dim, image=config.image, text_mode="clip",
+                                       text=clip_text_config(config)))
         features = ClipTraining(config, Path(".")).features
         texts = tokenize(sample_captions(batch * m), config.clip_text.context_length).reshape(batch, m, -1)
     else:
-        model = FlameModel(config.image, LLM_WIDTH, text_config=config.text.model_dump(mode="json"))
+        model = FlameModel(ModelConfig(embed_dim=LLM_WIDTH, image=config.image, text=config.text.model_dump(mode="json")))
         features = FrozenLLMTraining.features
         texts = F.normalize(torch.randn(batch, m, LLM_WIDTH), dim=-1)
     optimizer = build_optimizer(model, train)

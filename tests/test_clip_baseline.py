@@ -132,11 +132,11 @@ import sys
 sys.modules["open_clip"] = None  # as if the clip extra were not installed: importing it fails
 from flame.config import load_config
 from flame.errors import FlameError
-from flame.model import FlameModel
+from flame.model import FlameModel, ModelConfig
 from flame.text_modes import training_side
 
 tiny = load_config(profile="tiny", overrides={"image": {"img_size": 32, "model_kwargs": {"depth": 1}}})
-FlameModel(tiny.image, 16, tiny.text.model_dump(mode="json"))  # the FLAME path builds without it
+FlameModel(ModelConfig(embed_dim=16, image=tiny.image, text=tiny.text.model_dump(mode="json")))  # the FLAME path builds without it
 try:
     training_side(load_config(profile="clip"), ".", None)
 except FlameError as exc:

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from flame.config import load_config, reference_logit_init
-from flame.model import FlameModel
+from flame.model import FlameModel, ModelConfig
 from flame.train.distributed import DistContext
 from flame.train.losses import get_loss, multi_positive_infonce_loss, multi_positive_sigmoid_loss
 from tests.fixtures.train import tiny_train_config
@@ -102,8 +102,8 @@ def test_logit_init_defaults_to_the_references_value_for_the_loss(loss, scale, b
     train = load_config(profile="tiny", overrides={"train": {"loss": loss}}).train
     assert (train.logit_scale_init, train.logit_bias_init) == pytest.approx((scale, bias))
     assert reference_logit_init(loss) == pytest.approx((scale, bias))
-    model = FlameModel(tiny_train_config().image, 8, text_config={}, logit_scale_init=train.logit_scale_init,
-                       logit_bias_init=train.logit_bias_init)
+    model = FlameModel(ModelConfig(embed_dim=8, image=tiny_train_config().image, text={}),
+                       logit_scale_init=train.logit_scale_init, logit_bias_init=train.logit_bias_init)
     assert model.logit_scale.exp().item() == pytest.approx(scale, rel=1e-6)
     assert model.logit_bias.item() == pytest.approx(bias)
 

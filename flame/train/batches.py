@@ -4,8 +4,9 @@
 rank and DataLoader worker will read. ``ShardBatches`` is an IterableDataset that yields
 whole batches: each DataLoader worker of each rank reads its own shards (every shard once
 per epoch per rank), shuffles through a bounded buffer, decodes and crops the image, and
-picks ``m`` of the K texts its text mode gives the sample. All randomness derives from (seed, epoch, key) or (seed, epoch, rank, worker), so
-an epoch is reproducible whatever the timing.
+picks ``m`` of the K texts its text mode gives the sample. All randomness derives from
+(seed, epoch, key) or (seed, epoch, rank, worker), so an epoch is reproducible whatever the
+timing.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from flame import checkpoint as ckpt
 from flame.config import FlameConfig
 from flame.errors import FlameError
-from flame.model import FlameModel
+from flame.model import FlameModel, ModelConfig
 from flame.text_modes import training_side
 from flame.text_modes.base import TrainingSide
 from flame.tracking import ConsoleTracker, JsonlTracker, MultiTracker, Tracker
@@ -121,11 +121,10 @@ class _Trainer:
     def _build_model(self, state: dict | None) -> None:
         torch.manual_seed(self.cfg.seed)
         text = self.mode.model_text()
-        self.model = FlameModel(
-            self.config.image, text.embed_dim, text_config=text.text_config,
-            text_fingerprint=text.fingerprint, text_mode=self.config.text.mode,
-            logit_scale_init=self.cfg.logit_scale_init, logit_bias_init=self.cfg.logit_bias_init,
-        )
+        model_config = ModelConfig(embed_dim=text.embed_dim, image=self.config.image, text_mode=self.config.text.mode,
+                                   text_fingerprint=text.fingerprint, text=text.text_config)
+        self.model = FlameModel(model_config, logit_scale_init=self.cfg.logit_scale_init,
+                                logit_bias_init=self.cfg.logit_bias_init)
         if state is not None:
             self.model.load_state_dict(state["model"], strict=True)
         # InfoNCE ignores the bias; DDP needs every trainable parameter to get a gradient.
