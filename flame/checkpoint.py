@@ -126,11 +126,11 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: str | Path, model, train_state: dict[str, Any]) -> Path:
+def save_checkpoint(directory: str | Path, model, train_state: dict[str, Any], training_id: str) -> Path:
     """``model`` (a FlameModel) first, then the train state that names the same step."""
     directory = Path(directory)
-    counters = {"trained_steps": train_state["step"], "trained_epochs": train_state["epoch"]}
-    model.save(directory, counters={**counters, "embedding_store": train_state.get("store_fingerprint")})
+    model.save(directory, counters={"trained_steps": train_state["step"], "trained_epochs": train_state["epoch"],
+                                    "embedding_store": train_state.get("store_fingerprint"), "training_id": training_id})
     weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     state = {"format_version": STATE_FORMAT_VERSION, **train_state, "model": weights, "rng": rng_state()}
     with atomic_path(directory / STATE_FILE, suffix=".pt") as tmp:

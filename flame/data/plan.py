@@ -1,5 +1,6 @@
 """What a training will read of a shard folder, counted before it starts: every shard with
-its sha256 and its samples that the text side can use (``plan_shards``)."""
+its sha256 (``shard_digests``, a training's data in its identity) and its samples that the
+text side can use (``plan_shards``)."""
 
 from __future__ import annotations
 
@@ -24,14 +25,17 @@ class ShardPlan:
         return sum(self.usable.values())
 
 
+def shard_digests(shards_dir: str | Path) -> dict[str, str]:
+    """Shard name -> the sha256 of its tar, for every shard of ``shards_dir``."""
+    return {shard_name(path): sha256_file(path) for path in list_shards(shards_dir)}
+
+
 def plan_shards(shards_dir: str | Path, usable: Callable[[str], Callable[[ShardSample], bool]]) -> ShardPlan:
     """Every shard of ``shards_dir`` with its sha256 and its count of samples that
     ``usable(shard name)(sample)`` accepts; the others are counted as missing (with a few examples)."""
-    shards = list_shards(shards_dir)
-    plan = ShardPlan(shards=shards, usable={})
-    for path in shards:
+    plan = ShardPlan(shards=list_shards(shards_dir), usable={}, digests=shard_digests(shards_dir))
+    for path in plan.shards:
         name = shard_name(path)
-        plan.digests[name] = sha256_file(path)
         accepts = usable(name)
         count = 0
         for sample in iter_shard(path, with_images=False):

@@ -4,8 +4,8 @@ tower) against the texts its text mode provides (``flame.text_modes``).
 Single process, or DDP under torchrun. Resumable exactly from the checkpoint folder:
 the data order, crops and positive picks depend only on (seed, epoch, key), and the
 model, optimizer, scheduler and RNG come back from it (``flame.checkpoint``). The train
-state records what the run was trained on, and a resume against other texts, data or
-settings is refused, naming what changed (``flame.train.resume_check``).
+state records the training's identity (``flame.train.identity``: configuration, data, texts),
+and a resume of another training is refused, naming what changed.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from flame.text_modes.base import TrainingSide
 from flame.tracking import ConsoleTracker, JsonlTracker, MultiTracker, Tracker
 from flame.train.batches import ShardBatches, shards_of_rank, steps_per_epoch
 from flame.train.distributed import DistContext, all_reduce_int, barrier, cleanup, data_parallel, init_distributed
+from flame.train.identity import TrainingIdentity, training_identity
 from flame.train.losses import get_loss
 from flame.train.optim import build_optimizer, build_scheduler
 from flame.train.precision import resolve_precision
 from flame.train.progress import TrainProgress
-from flame.train.resume_check import check_resumable, provenance
 from flame.train.step import NonFiniteError, TrainStep
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ class _Trainer:
     # ---- set-up ---------------------------------------------------------------------
     def _prepare_data(self) -> None:
         self.plan = self.mode.plan(self.cfg)
+        self.identity = training_identity(self.config, self.plan.digests, self.mode.text_fingerprint,
+                                          self.mode.source_fingerprint)
         self.workers = self.cfg.workers
         self.steps_per_epoch = steps_per_epoch(self.plan, self.ctx.world_size, max(1, self.workers), self.local_batch)
         if self.steps_per_epoch == 0:
@@ -115,8 +117,18 @@ class _Trainer:
                 log.info("no checkpoint in %s yet: starting from scratch", self.out_dir)
             return None
         state = ckpt.load_train_state(self.out_dir)
-        check_resumable(state, self.out_dir, self.config, self.mode, self.plan)
+        self._check_same_training(state)
         return state
+
+    def _check_same_training(self, state: dict) -> None:
+        try:
+            recorded = TrainingIdentity.from_record(state)
+        except FlameError as exc:
+            raise FlameError(f"refusing to resume {self.out_dir}: {exc}, so a resume cannot be checked; "
+                             "train into another --out") from None
+        if changes := self.identity.changes_since(recorded):
+            raise FlameError(f"refusing to resume {self.out_dir}: {'. '.join(changes)}. Train into another --out, "
+                             f"or resume with what it was trained on (this run reads {self.mode.source})")
 
     def _build_model(self, state: dict | None) -> None:
         torch.manual_seed(self.cfg.seed)
@@ -278,8 +290,8 @@ class _Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "steps_per_epoch": self.steps_per_epoch,
                 "horizon_epochs": self.horizon_epochs,
-                **provenance(self.config, self.mode, self.plan),
-            })
+                **self.identity.record(),
+            }, training_id=self.identity.id)
         barrier(self.ctx)
 
     def _summary(self, timing: dict, resumed_from: int | None) -> dict[str, Any]:
@@ -303,5 +315,6 @@ class _Trainer:
             "device": str(self.ctx.device),
             "text_fingerprint": self.mode.text_fingerprint,
             "embedding_store": self.mode.source_fingerprint,
+            "training_id": self.identity.id,
             "resumed_from_step": resumed_from,
         }
