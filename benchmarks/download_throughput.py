@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -38,17 +37,9 @@ def main() -> None:
         manifest, caption_col = ROOT / "data" / "sample" / "train.jsonl", args.caption_col or "caption"
     config = load_config(ROOT / "params.yaml", args.profile, overrides={"data": {"caption_col": caption_col}})
     with tempfile.TemporaryDirectory(prefix="flame-bench-download-") as tmp:
-        # img2dataset and its worker processes print to fd 1; keep stdout for the JSON line.
-        saved_stdout = os.dup(1)
-        os.dup2(2, 1)
-        try:
-            start = time.perf_counter()
-            summary = download_shards(manifest, tmp, config.data, progress=False)
-            seconds = time.perf_counter() - start
-        finally:
-            sys.stdout.flush()
-            os.dup2(saved_stdout, 1)
-            os.close(saved_stdout)
+        start = time.perf_counter()  # download_shards keeps img2dataset's prints off stdout
+        summary = download_shards(manifest, tmp, config.data, progress=False)
+        seconds = time.perf_counter() - start
         shard_bytes = sum(p.stat().st_size for p in Path(tmp).glob("*.tar"))
     print(json.dumps({
         "benchmark": "download_throughput",

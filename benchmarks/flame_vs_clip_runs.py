@@ -108,7 +108,8 @@ def link_first_shards(shards: Path, count: int) -> Path:
 
 def subset_of(shards: Path, count: int, batch_size: int, workers: int) -> Subset:
     """The first ``count`` shards, with the steps per epoch training will make of them (flame.train.batches)."""
-    from flame.train.batches import plan_shards, steps_per_epoch
+    from flame.data.plan import plan_shards
+    from flame.train.batches import steps_per_epoch
 
     folder = link_first_shards(shards, count)
     plan = plan_shards(folder, lambda name: (lambda sample: True))

@@ -87,9 +87,9 @@ def main() -> None:
 
 
 def _fresh_checkpoint(config, out: Path) -> Path:
-    from flame.model import FlameModel
+    from flame.model import FlameModel, ModelConfig
 
-    return FlameModel(config.image, SMOLLM2_HIDDEN, config.text.model_dump(mode="json")).save(out)
+    return FlameModel(ModelConfig(embed_dim=SMOLLM2_HIDDEN, image=config.image, text=config.text.model_dump(mode="json"))).save(out)
 
 
 if __name__ == "__main__":

@@ -34,17 +34,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flame.config import load_config  # noqa: E402
-from flame.losses import get_loss  # noqa: E402
-from flame.model import FlameModel  # noqa: E402
-from flame.model.clip_text import clip_text_config, tokenize  # noqa: E402
+from flame.model import FlameModel, ModelConfig  # noqa: E402
 from flame.text.store import EmbeddingStore  # noqa: E402
+from flame.text_modes.clip import ClipTraining, clip_text_config, tokenize  # noqa: E402
+from flame.text_modes.frozen_llm import FrozenLLMTraining  # noqa: E402
 from flame.train import run_training  # noqa: E402
 from flame.train.distributed import DistContext  # noqa: E402
+from flame.train.losses import get_loss  # noqa: E402
 from flame.train.optim import build_optimizer, build_scheduler  # noqa: E402
 from flame.train.precision import autocast, resolve_precision  # noqa: E402
 from flame.train.step import TrainStep  # noqa: E402
-from flame.train.text_modes.clip import ClipMode  # noqa: E402
-from flame.train.text_modes.frozen_llm import FrozenLLMMode  # noqa: E402
 
 SAMPLE = ROOT / "data" / "sample"
 LLM_WIDTH = 576  # SmolLM2-135M's hidden size (the tiny profile's text encoder)
@@ -92,13 +91,13 @@ def step_runner(config, batch: int, *, mode: str = "flame", precision: str | Non
     torch.manual_seed(0)
     m, train = config.train.positives_per_image, config.train
     if mode == "clip":
-        model = FlameModel(config.image, config.clip_text.embed_dim, text_config=clip_text_config(config),
-                           text_mode="clip")
-        features = ClipMode(config, Path(".")).features
+        model = FlameModel(ModelConfig(embed_dim=config.clip_text.embed_dim, image=config.image, text_mode="clip",
+                                       text=clip_text_config(config)))
+        features = ClipTraining(config, Path(".")).features
         texts = tokenize(sample_captions(batch * m), config.clip_text.context_length).reshape(batch, m, -1)
     else:
-        model = FlameModel(config.image, LLM_WIDTH, text_config=config.text.model_dump(mode="json"))
-        features = FrozenLLMMode.features
+        model = FlameModel(ModelConfig(embed_dim=LLM_WIDTH, image=config.image, text=config.text.model_dump(mode="json")))
+        features = FrozenLLMTraining.features
         texts = F.normalize(torch.randn(batch, m, LLM_WIDTH), dim=-1)
     optimizer = build_optimizer(model, train)
     step = TrainStep(model, model, features, optimizer, build_scheduler(optimizer, train, 10_000),

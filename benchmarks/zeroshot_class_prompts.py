@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from torchvision.models._meta import _IMAGENET_CATEGORIES  # noqa: E402
 
 from flame.config import load_config  # noqa: E402
-from flame.model import FlameModel  # noqa: E402
+from flame.model import FlameModel, ModelConfig  # noqa: E402
 from flame.text import encoder_from_config  # noqa: E402
 
 
@@ -43,7 +43,8 @@ def write_inputs(folder: Path, profile: str, classes: int) -> tuple[Path, Path]:
     config = load_config(ROOT / "params.yaml", profile)
     encoder = encoder_from_config(config.text)
     torch.manual_seed(0)
-    model = FlameModel(config.image, encoder.hidden_size, config.text.model_dump(mode="json"), encoder.fingerprint)
+    model = FlameModel(ModelConfig(embed_dim=encoder.hidden_size, image=config.image, text=config.text.model_dump(mode="json"),
+                                   text_fingerprint=encoder.fingerprint))
     return manifest, model.save(folder / "checkpoint")
 
 

@@ -17,7 +17,7 @@ from evaluations.tasks.base import BACKBONE, EMBEDDING
 from evaluations.text_cache import TextEmbeddingCache
 from flame.config import RAW_FACET_SET
 from flame.data.images import read_image
-from flame.model.text_towers import MEAN_THEN_NORMALIZE
+from flame.text_modes.facet_pooling import MEAN_THEN_NORMALIZE
 
 
 def image_encoder(model, features: str = EMBEDDING):

@@ -6,11 +6,13 @@ Its public face, imported on first use so that ``import flame.config`` stays lig
 - ``flame.load_encoder(profile_or_path) -> TextEncoder``: the frozen LLM with its prompts;
 - ``flame.load_config(path=None, profile=None) -> FlameConfig``: one profile of params.yaml.
 
-Packages: ``flame.text`` (frozen LLM, facet-decoupled prompts, embedding store),
-``flame.data`` (manifests, img2dataset ingestion, shards, the image reader),
-``flame.model`` (FlameModel, its towers, transforms, zero-shot), ``flame.train`` (the
-loop, text modes, batches), ``flame.losses``, ``flame.checkpoint`` (the folder layout),
-``flame.tracking`` and ``flame.mlflow`` (tracking, pyfunc, registry). The application
+Packages: ``flame.config`` (the typed schema and params.yaml), ``flame.text`` (frozen LLM,
+facet-decoupled prompts, embedding store), ``flame.data`` (manifests, img2dataset ingestion,
+data shards, the image reader), ``flame.text_modes`` (the text side of a model, one registry),
+``flame.model`` (FlameModel from its ModelConfig, image tower, transforms, zero-shot),
+``flame.train`` (the loop, losses, the training identity, tracked training),
+``flame.checkpoint`` (the folder layout), ``flame.storage`` (the pipeline's storage layout),
+``flame.tracking`` and ``flame.mlflow`` (tracking, pyfunc, the registry). The application
 (``flame.app``: the command line, the pipeline's steps, the promotion gate) sits on top and
 also drives ``evaluations``; nothing else in ``flame`` imports it.
 """

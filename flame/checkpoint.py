@@ -2,7 +2,8 @@
 and read here, so writers and readers cannot drift apart.
 
 - ``model.safetensors``: the FlameModel weights (safetensors, never pickle);
-- ``model_config.json``: how to rebuild the model, plus the training counters;
+- ``model_config.json``: how to rebuild the model (``flame.model.ModelConfig``), plus the
+  format version and the training's counters (``MODEL_COUNTERS``);
 - ``train_state.pt``: the weights again, with optimizer, scheduler, counters and RNG,
   readable with ``torch.load(weights_only=True)``;
 - ``metrics.jsonl``, ``train_summary.json``: the training log and its summary;
@@ -36,6 +37,9 @@ MLFLOW_RUN_FILE = "mlflow_run.json"
 
 MODEL_FORMAT_VERSION = 1
 STATE_FORMAT_VERSION = 2
+# What model_config.json records of the training beside the model's config: its steps and
+# epochs so far, the fingerprint of the texts it read and its id (``flame.train.identity``).
+MODEL_COUNTERS = ("trained_steps", "trained_epochs", "embedding_store", "training_id")
 
 
 def checkpoint_dir(path: str | Path) -> Path:
@@ -53,19 +57,24 @@ def has_checkpoint(directory: str | Path) -> bool:
 
 
 def write_model(directory: str | Path, state: dict[str, torch.Tensor], config: dict[str, Any],
-                extra: dict[str, Any] | None = None) -> Path:
-    """Weights, then the config (with ``extra`` merged in, also kept in the weights' metadata)."""
+                counters: dict[str, Any] | None = None) -> Path:
+    """Weights, then the config with the format version and ``counters`` (keys of
+    ``MODEL_COUNTERS``, also kept in the weights' metadata)."""
+    counters = counters or {}
+    if unknown := sorted(set(counters) - set(MODEL_COUNTERS)):
+        raise ValueError(f"not a counter of {CONFIG_FILE}: {unknown}; known: {list(MODEL_COUNTERS)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    metadata = {"format": "pt", **{k: json.dumps(v) for k, v in (extra or {}).items()}}
+    metadata = {"format": "pt", **{k: json.dumps(v) for k, v in counters.items()}}
     with atomic_path(directory / WEIGHTS_FILE, suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-    write_json(directory / CONFIG_FILE, {"format_version": MODEL_FORMAT_VERSION, **config, **(extra or {})})
+    write_json(directory / CONFIG_FILE, {"format_version": MODEL_FORMAT_VERSION, **config, **counters})
     return directory
 
 
 def read_model_config(directory: str | Path) -> dict[str, Any]:
+    """The record of ``model_config.json`` as written (``flame.model.read_config`` types it)."""
     directory = checkpoint_dir(directory)
     if not directory.exists():
         raise FlameError(f"checkpoint folder not found: {directory}")
@@ -117,11 +126,11 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: str | Path, model, train_state: dict[str, Any]) -> Path:
+def save_checkpoint(directory: str | Path, model, train_state: dict[str, Any], training_id: str) -> Path:
     """``model`` (a FlameModel) first, then the train state that names the same step."""
     directory = Path(directory)
-    counters = {"trained_steps": train_state["step"], "trained_epochs": train_state["epoch"]}
-    model.save(directory, extra={**counters, "embedding_store": train_state.get("store_fingerprint")})
+    model.save(directory, counters={"trained_steps": train_state["step"], "trained_epochs": train_state["epoch"],
+                                    "embedding_store": train_state.get("store_fingerprint"), "training_id": training_id})
     weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     state = {"format_version": STATE_FORMAT_VERSION, **train_state, "model": weights, "rng": rng_state()}
     with atomic_path(directory / STATE_FILE, suffix=".pt") as tmp:

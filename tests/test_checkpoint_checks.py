@@ -8,7 +8,7 @@ import torch
 import flame.model
 from flame import checkpoint
 from flame.errors import FlameError
-from flame.model import FlameModel
+from flame.model import FlameModel, ModelConfig
 from tests.fixtures.train import tiny_train_config
 
 
@@ -16,7 +16,8 @@ from tests.fixtures.train import tiny_train_config
 def model():
     config = tiny_train_config()
     torch.manual_seed(0)
-    return FlameModel(config.image, 24, text_config=config.text.model_dump(mode="json"), text_fingerprint="fp-a")
+    return FlameModel(ModelConfig(embed_dim=24, image=config.image, text=config.text.model_dump(mode="json"),
+                                  text_fingerprint="fp-a"))
 
 
 def test_a_tensor_holding_inf_is_named(model, tmp_path):

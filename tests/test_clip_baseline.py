@@ -12,7 +12,7 @@ import torch
 import flame.model
 from flame.config import load_config
 from flame.errors import FlameError
-from flame.model.clip_text import ClipText, clip_text_config, tokenize
+from flame.text_modes.clip import ClipText, clip_text_config, tokenize
 from flame.train import run_training
 from tests.fixtures.train import tiny_train_config
 
@@ -132,13 +132,13 @@ import sys
 sys.modules["open_clip"] = None  # as if the clip extra were not installed: importing it fails
 from flame.config import load_config
 from flame.errors import FlameError
-from flame.model import FlameModel
-from flame.train.text_modes import text_mode_for
+from flame.model import FlameModel, ModelConfig
+from flame.text_modes import training_side
 
 tiny = load_config(profile="tiny", overrides={"image": {"img_size": 32, "model_kwargs": {"depth": 1}}})
-FlameModel(tiny.image, 16, tiny.text.model_dump(mode="json"))  # the FLAME path builds without it
+FlameModel(ModelConfig(embed_dim=16, image=tiny.image, text=tiny.text.model_dump(mode="json")))  # the FLAME path builds without it
 try:
-    text_mode_for(load_config(profile="clip"), ".", None)
+    training_side(load_config(profile="clip"), ".", None)
 except FlameError as exc:
     print(exc)
 """

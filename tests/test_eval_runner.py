@@ -15,7 +15,7 @@ from evaluations import datasets as ds
 from evaluations import runner
 from evaluations.embedding import embed_texts
 from flame.data.images import read_image
-from flame.model import FlameModel
+from flame.model import FlameModel, ModelConfig
 from evaluations.benchmarks import get_benchmark
 from evaluations.templates import SHORT
 from evaluations.text_cache import TextEmbeddingCache
@@ -257,7 +257,8 @@ def test_linear_probe_scores_the_image_towers_features_before_the_projector(eval
     """As the reference evaluates it (encode_image(visual_only=True)): the pooled backbone
     features, normalised, of the backbone's width, and the projector never runs."""
     torch.manual_seed(0)
-    model = FlameModel(eval_config.image, 48, eval_config.text.model_dump(mode="json")).eval()  # no LLM needed
+    # no LLM needed
+    model = FlameModel(ModelConfig(embed_dim=48, image=eval_config.image, text=eval_config.text.model_dump(mode="json"))).eval()
     projector_calls = []
     model.visual.projector.register_forward_hook(lambda *args: projector_calls.append(1))
     path = eval_manifest(6, extra=lambda i, row: {"label": "ab"[i % 2]}, name="probe.jsonl")

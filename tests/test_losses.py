@@ -15,9 +15,13 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from flame.config import load_config, reference_logit_init
-from flame.losses import get_loss, multi_positive_infonce_loss, multi_positive_sigmoid_loss
-from flame.model import FlameModel
+from flame.model import FlameModel, ModelConfig
+from flame.train.distributed import DistContext
+from flame.train.losses import get_loss, multi_positive_infonce_loss, multi_positive_sigmoid_loss
 from tests.fixtures.train import tiny_train_config
+
+
+ONE_PROCESS = DistContext()
 
 
 def _features(b=5, m=3, d=16, seed=0):
@@ -72,7 +76,7 @@ def _reference_infonce_loss(images, texts, scale: float) -> float:
 @pytest.mark.parametrize("b, m", [(5, 3), (4, 1), (3, 6)])
 def test_sigmoid_loss_equals_the_references_formula(b, m):
     images, texts = _features(b=b, m=m)
-    got = multi_positive_sigmoid_loss(images, texts, torch.tensor(math.log(10.0)), torch.tensor(-10.0))
+    got = multi_positive_sigmoid_loss(images, texts, torch.tensor(math.log(10.0)), torch.tensor(-10.0), ctx=ONE_PROCESS)
     assert got.item() == pytest.approx(_reference_sigmoid_loss(images, texts, 10.0, -10.0), rel=1e-5)
 
 
@@ -80,7 +84,7 @@ def test_sigmoid_loss_equals_the_references_formula(b, m):
 def test_infonce_loss_equals_the_references_formula(b, m):
     images, texts = _features(b=b, m=m)
     bias = torch.tensor(-3.0)  # ignored: a bias cancels in a softmax
-    got = multi_positive_infonce_loss(images, texts, torch.tensor(math.log(7.0)), bias)
+    got = multi_positive_infonce_loss(images, texts, torch.tensor(math.log(7.0)), bias, ctx=ONE_PROCESS)
     assert got.item() == pytest.approx(_reference_infonce_loss(images, texts, 7.0), rel=1e-5)
 
 
@@ -89,7 +93,7 @@ def test_infonce_with_one_positive_is_clips_loss():
     logits = 7.0 * images @ texts[:, 0].T
     targets = torch.arange(6)
     clip = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-    got = multi_positive_infonce_loss(images, texts, torch.tensor(math.log(7.0)))
+    got = multi_positive_infonce_loss(images, texts, torch.tensor(math.log(7.0)), ctx=ONE_PROCESS)
     assert got.item() == pytest.approx(clip.item(), rel=1e-6)
 
 
@@ -98,8 +102,8 @@ def test_logit_init_defaults_to_the_references_value_for_the_loss(loss, scale, b
     train = load_config(profile="tiny", overrides={"train": {"loss": loss}}).train
     assert (train.logit_scale_init, train.logit_bias_init) == pytest.approx((scale, bias))
     assert reference_logit_init(loss) == pytest.approx((scale, bias))
-    model = FlameModel(tiny_train_config().image, 8, text_config={}, logit_scale_init=train.logit_scale_init,
-                       logit_bias_init=train.logit_bias_init)
+    model = FlameModel(ModelConfig(embed_dim=8, image=tiny_train_config().image, text={}),
+                       logit_scale_init=train.logit_scale_init, logit_bias_init=train.logit_bias_init)
     assert model.logit_scale.exp().item() == pytest.approx(scale, rel=1e-6)
     assert model.logit_bias.item() == pytest.approx(bias)
 
@@ -116,7 +120,7 @@ def test_loss_is_lower_when_images_match_their_texts(name):
     matched = F.normalize(texts.mean(dim=1), dim=-1)
     scale, bias = torch.tensor(math.log(10.0)), torch.tensor(-5.0)
     loss = get_loss(name)
-    assert loss(matched, texts, scale, bias) < loss(images, texts, scale, bias)
+    assert loss(matched, texts, scale, bias, ctx=ONE_PROCESS) < loss(images, texts, scale, bias, ctx=ONE_PROCESS)
 
 
 # ---- 2-process gloo against 1 process -----------------------------------------------
@@ -156,6 +160,7 @@ def _worker(rank, world, port, out_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    ctx = DistContext(rank=rank, world_size=world)
     try:
         results = {}
         for name, texts_trainable in CASES:
@@ -164,7 +169,7 @@ def _worker(rank, world, port, out_path):
             local = GLOBAL_B // world
             sl = slice(rank * local, (rank + 1) * local)
             images, texts = ddp(x_img[sl], x_txt[sl])
-            loss = get_loss(name)(images, texts, towers.logit_scale, towers.logit_bias)
+            loss = get_loss(name)(images, texts, towers.logit_scale, towers.logit_bias, ctx=ctx)
             loss.backward()  # DDP averages the gradients over the ranks
             rank_losses = [torch.zeros(()) for _ in range(world)]
             dist.all_gather(rank_losses, loss.detach())
@@ -197,7 +202,7 @@ def test_two_process_gloo_matches_one_process(name, texts_trainable, two_process
     ddp = two_process_results[name, texts_trainable]
     towers, x_img, x_txt = _setup_and_data(name, texts_trainable)
     images, texts = towers(x_img, x_txt)
-    loss = get_loss(name)(images, texts, towers.logit_scale, towers.logit_bias)
+    loss = get_loss(name)(images, texts, towers.logit_scale, towers.logit_bias, ctx=ONE_PROCESS)
     loss.backward()
 
     assert ddp["loss"].item() == pytest.approx(loss.item(), rel=1e-5)

@@ -16,9 +16,9 @@ from torch import nn
 import flame.model
 from flame.config import load_config, repo_root
 from flame.errors import FlameError
-from flame.model import FlameModel
+from flame.model import FlameModel, ModelConfig
 from flame.model.image_tower import ImageTower
-from flame.model.text_towers import check_text_fingerprint
+from flame.text_modes.frozen_llm import check_text_fingerprint
 from flame.train.optim import build_optimizer, warmup_cosine
 from tests.fixtures.train import tiny_train_config
 
@@ -33,7 +33,8 @@ def config():
 @pytest.fixture(scope="module")
 def model(config):
     torch.manual_seed(0)
-    return FlameModel(config.image, D, text_config=config.text.model_dump(mode="json"), text_fingerprint="fp-a")
+    return FlameModel(ModelConfig(embed_dim=D, image=config.image, text=config.text.model_dump(mode="json"),
+                                  text_fingerprint="fp-a"))
 
 
 def test_encode_image_is_normalised_with_llm_width(model):
@@ -84,7 +85,7 @@ def test_save_load_round_trip(model, tmp_path):
     model.eval()
     pixels = torch.randn(2, 3, 32, 32)
     expected = model.encode_image(pixels)
-    model.save(tmp_path, extra={"trained_steps": 3})
+    model.save(tmp_path, counters={"trained_steps": 3})
     assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "model_config.json"}
     loaded = flame.model.load(tmp_path)
     torch.testing.assert_close(loaded.encode_image(pixels), expected)
@@ -92,6 +93,31 @@ def test_save_load_round_trip(model, tmp_path):
     assert loaded.text_mode == "flame"
     assert loaded.text_config["llm"] == model.text_config["llm"]
     assert json.loads((tmp_path / "model_config.json").read_text())["trained_steps"] == 3
+
+
+def test_model_config_json_is_the_model_config_with_its_format_version_and_counters(model, tmp_path):
+    model.save(tmp_path, counters={"trained_steps": 3, "trained_epochs": 1, "embedding_store": "store-fp"})
+    record = json.loads((tmp_path / "model_config.json").read_text())
+    # the keys model_config.json has always had, so that older and newer readers agree
+    assert set(record) == {"format_version", "embed_dim", "image", "text_mode", "text_encoder", "text_fingerprint",
+                           "text", "trained_steps", "trained_epochs", "embedding_store"}
+    assert record["text_encoder"] == model.config.text["llm"] and record["format_version"] == 1
+    assert flame.model.read_config(tmp_path) == model.config
+    with pytest.raises(ValueError, match="not a counter of model_config.json: \\['steps'\\]"):
+        model.save(tmp_path, counters={"steps": 3})
+
+
+def test_a_bad_model_config_is_refused_naming_the_file_and_the_keys(model, tmp_path):
+    model.save(tmp_path)
+    path = tmp_path / "model_config.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "embed_dim": "wide", "text_mode": "bert"}))
+    with pytest.raises(FlameError, match=rf"{path}: bad model config \(embed_dim: .*; text_mode: .*unknown text mode 'bert'"):
+        flame.model.load(tmp_path)
+    del record["image"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(FlameError, match=r"bad model config \(image: Field required\)"):
+        flame.model.read_config(tmp_path)
 
 
 def test_load_refuses_missing_or_corrupt_checkpoint(model, tmp_path):
@@ -144,4 +170,4 @@ def test_warmup_then_cosine_schedule():
 def test_pretrained_without_local_weights_is_a_clear_error(config):
     image = config.image.model_copy(update={"pretrained": True, "model": "vit_tiny_patch16_224"})
     with pytest.raises(FlameError, match="no local timm weights for 'vit_tiny_patch16_224'.*pretrained=false"):
-        FlameModel(image, D, text_config=config.text.model_dump(mode="json"))
+        FlameModel(ModelConfig(embed_dim=D, image=image, text=config.text.model_dump(mode="json")))

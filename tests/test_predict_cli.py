@@ -12,7 +12,7 @@ import torch
 
 from flame.app.cli import main
 from flame.config import load_config, repo_root
-from flame.model import FlameModel
+from flame.model import FlameModel, ModelConfig
 from tests.fixtures.huge_png import write_huge_png
 from tests.fixtures.train import tiny_train_config
 
@@ -22,7 +22,8 @@ IMAGE = next((repo_root() / "data" / "sample" / "images").glob("*.jpg"))
 def _model(hidden_size: int, fingerprint: str) -> FlameModel:
     torch.manual_seed(0)
     text_config = load_config(profile="tiny").text.model_dump(mode="json")
-    return FlameModel(tiny_train_config().image, hidden_size, text_config=text_config, text_fingerprint=fingerprint)
+    return FlameModel(ModelConfig(embed_dim=hidden_size, image=tiny_train_config().image, text=text_config,
+                                  text_fingerprint=fingerprint))
 
 
 @pytest.fixture

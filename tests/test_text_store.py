@@ -68,6 +68,18 @@ def test_a_shard_file_without_a_recorded_digest_reads_as_none(tmp_path):
     assert store.has("00000") and store.input_digest("00000") is None
 
 
+def test_stale_names_the_shards_embedded_from_other_inputs(tmp_path):
+    store = EmbeddingStore.create(tmp_path, _meta())
+    for name, digest in (("00000", "d0"), ("00001", "d1"), ("00002", "d2")):
+        store.write(name, ["a"], torch.zeros(1, 3, 4), input_digest=digest)
+    save_file({"embeddings": torch.zeros(1, 3, 4, dtype=torch.float16)}, str(store.shard_path("00003")),
+              metadata={"keys": '["a"]'})  # written before inputs were recorded
+    now = {"00000": "d0", "00001": "changed", "00003": "d3", "00004": "not embedded yet"}
+    # 00002 is not part of the data given: it is not judged
+    assert store.stale(now) == {"00001": "d1", "00003": None}
+    assert store.stale({"00000": "d0", "00002": "d2"}) == {}
+
+
 def test_validate_reports_non_finite_and_count_mismatch(tmp_path):
     store = EmbeddingStore.create(tmp_path, _meta())
     bad = torch.zeros(2, 3, 4, dtype=torch.float16)

@@ -15,10 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 import flame.model
+from flame.digest import sha256_file
 from flame.errors import FlameError
 from flame.text.store import EmbeddingStore
 from flame.tracking import NullTracker
 from flame.train import run_training
+from flame.train.identity import TrainingIdentity
 from tests.fixtures.train import tiny_train_config, write_synthetic_store
 
 pytestmark = pytest.mark.slow
@@ -45,7 +47,7 @@ def one_epoch(sample_shards, synthetic_store, tmp_path_factory):
     return out, run_training(tiny_train_config(**CONFIG), sample_shards, synthetic_store, out, epochs=1)
 
 
-def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(two_epochs):
+def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(two_epochs, sample_shards):
     out, summary = two_epochs
     assert summary["checkpoint"] == str(out)
     assert summary["epochs"] == 2 and summary["steps"] == 8 and summary["steps_per_epoch"] == 4
@@ -61,6 +63,10 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(two_epochs):
     state = torch.load(out / "train_state.pt", weights_only=True)
     assert state["step"] == 8 and state["epoch"] == 2
     assert {"optimizer", "scheduler", "rng"} <= set(state)
+    # the training's identity: recorded in the train state, its id in the summary and model_config.json
+    identity = TrainingIdentity.from_record(state)
+    assert summary["training_id"] == identity.id == json.loads((out / "model_config.json").read_text())["training_id"]
+    assert identity.data_digests == {path.stem: sha256_file(path) for path in sorted(sample_shards.glob("*.tar"))}
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [m["metrics"]["train/loss"] for m in metrics if "train/loss" in m.get("metrics", {})]
     assert len(losses) == 8
@@ -84,9 +90,12 @@ def test_resume_after_one_epoch_equals_two_uninterrupted_epochs(two_epochs, one_
     reference, ref_summary = two_epochs
     first, _ = one_epoch
     out = Path(shutil.copytree(first, tmp_path / "resumed"))
-    summary = run_training(tiny_train_config(**CONFIG), sample_shards, synthetic_store, out, resume=True)
+    # --epochs and the logging cadence change no weight: the same training resumes
+    summary = run_training(tiny_train_config(log_every_steps=3, **CONFIG), sample_shards, synthetic_store, out,
+                           epochs=2, resume=True)
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 8
     assert summary["losses"] == ref_summary["losses"]
+    assert summary["training_id"] == ref_summary["training_id"]
     _assert_same_weights_and_optimizer(out, reference)
 
 
@@ -260,3 +269,17 @@ def test_resume_against_changed_data_or_configuration_is_refused(one_epoch, samp
     torch.save(state, out / "train_state.pt")
     with pytest.raises(FlameError, match="does not record the data it was trained on"):
         run_training(tiny_train_config(**CONFIG), sample_shards, synthetic_store, out, resume=True)
+
+
+def test_progress_goes_into_the_train_state_under_the_keys_checkpoints_have_always_had():
+    from flame.train.progress import TrainProgress
+
+    progress = TrainProgress()
+    for loss in (3.0, 2.0):
+        progress.record_step(loss)
+    progress.end_epoch(skipped_corrupt=1)
+    progress.record_step(1.0)
+    state = progress.to_state()
+    assert state == {"step": 3, "epoch": 1, "step_in_epoch": 1, "epoch_loss_sum": 1.0, "losses": [2.5],
+                     "first_loss": 3.0, "last_loss": 1.0, "skipped_corrupt": 1, "epoch_corrupt": 0}
+    assert TrainProgress.from_state({**state, "model": {}, "steps_per_epoch": 4}) == progress

@@ -18,7 +18,7 @@ from flame.app.cli import main
 from flame.config import load_config, repo_root
 from flame.errors import FlameError
 from flame.digest import sha256_file
-from flame.model import FlameModel
+from flame.model import FlameModel, ModelConfig
 from tests.fixtures.train import tiny_train_config, write_synthetic_store
 
 pytestmark = pytest.mark.slow
@@ -90,8 +90,9 @@ def llm_checkpoint(tiny_encoder, tmp_path) -> Path:
     """An (untrained) model saved against the real tiny LLM's fingerprint and width."""
     config = tiny_train_config()
     torch.manual_seed(0)
-    model = FlameModel(config.image, tiny_encoder.hidden_size, text_config=load_config(profile="tiny").text.model_dump(mode="json"),
-                       text_fingerprint=tiny_encoder.fingerprint)
+    model = FlameModel(ModelConfig(embed_dim=tiny_encoder.hidden_size, image=config.image,
+                                   text=load_config(profile="tiny").text.model_dump(mode="json"),
+                                   text_fingerprint=tiny_encoder.fingerprint))
     return model.save(tmp_path / "ckpt")
 
 
@@ -120,8 +121,8 @@ def test_encode_text_is_the_normalised_facet_average(llm_checkpoint, tiny_encode
 
 def test_model_refuses_another_text_encoder(tiny_encoder, tmp_path):
     config = tiny_train_config()
-    model = FlameModel(config.image, tiny_encoder.hidden_size, text_config=config.text.model_dump(mode="json"),
-                       text_fingerprint="0123456789abcdef")
+    model = FlameModel(ModelConfig(embed_dim=tiny_encoder.hidden_size, image=config.image,
+                                   text=config.text.model_dump(mode="json"), text_fingerprint="0123456789abcdef"))
     with pytest.raises(FlameError, match=f"trained against 0123456789abcdef.*has {tiny_encoder.fingerprint}"):
         model.text.set_encoder(tiny_encoder)
 

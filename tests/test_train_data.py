@@ -15,7 +15,7 @@ from flame.data.shards import list_shards
 from flame.errors import FlameError
 from flame.text.store import EmbeddingStore
 from flame.train.batches import ShardBatches, shards_of_rank
-from flame.train.text_modes.frozen_llm import StoreTexts
+from flame.text_modes.frozen_llm import StoreTexts
 from tests.fixtures.train import tiny_train_config
 
 

@@ -23,11 +23,10 @@ from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakTensorKeyDictionary
 
 import flame.model
-from flame.losses import gather_with_grad
+from flame.text_modes import training_side
 from flame.train import run_training
-from flame.train.distributed import all_reduce, all_reduce_int, cleanup, init_distributed
+from flame.train.distributed import all_gather_with_grad, all_reduce, all_reduce_int, cleanup, init_distributed
 from flame.train.loop import _Trainer
-from flame.train.text_modes import text_mode_for
 from tests.fixtures.train import STORE_D, tiny_train_config
 
 pytestmark = pytest.mark.slow
@@ -142,17 +141,17 @@ def _probe(rank, world, port, results):
     try:
         with collectives_on(ctx.device):
             features = torch.ones(2, 3, device=ctx.device, requires_grad=True)
-            gather_with_grad(features).sum().backward()
+            all_gather_with_grad(features, ctx).sum().backward()
             passed = {
                 "all_reduce_int": all_reduce_int(rank + 1, ctx),
                 "all_reduce": float(all_reduce(torch.tensor(rank + 1.0), ctx)),
-                "gather_with_grad": features.grad.tolist(),
+                "all_gather_with_grad": features.grad.tolist(),
             }
             for what, call in {
                 "meta": lambda: dist.all_reduce(torch.zeros(1, device="meta")),
                 "host": lambda: dist.all_reduce(torch.tensor(1)),
                 "cpu_copy": lambda: dist.broadcast(torch.ones(1, device=ctx.device).cpu(), src=0),
-                "loss_gather": lambda: gather_with_grad(torch.ones(2, 3, requires_grad=True)),
+                "loss_gather": lambda: all_gather_with_grad(torch.ones(2, 3, requires_grad=True), ctx),
             }.items():
                 try:
                     call()
@@ -167,7 +166,7 @@ def test_collective_guard_rejects_tensors_off_the_process_device(tmp_path):
     _spawn(_probe, 2, str(tmp_path))
     for rank in range(2):
         probe = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert probe["passed"] == {"all_reduce_int": 3, "all_reduce": 3.0, "gather_with_grad": [[2.0] * 3] * 2}
+        assert probe["passed"] == {"all_reduce_int": 3, "all_reduce": 3.0, "all_gather_with_grad": [[2.0] * 3] * 2}
         raised = probe["raised"]
         assert set(raised) == {"meta", "host", "cpu_copy", "loss_gather"}
         assert raised["meta"] == "torch.distributed.all_reduce was given a tensor on meta, but this process computes on cpu"
@@ -209,7 +208,7 @@ def _train_steps(rank, world, port, shards, store, loss, results):
     config = tiny_train_config(batch_size=GLOBAL_BATCH, precision="fp32", loss=loss, eps=1e-3, grad_clip=None)
     try:
         with collectives_on(ctx.device):
-            trainer = _Trainer(config, text_mode_for(config, shards, store), Path(shards),
+            trainer = _Trainer(config, training_side(config, shards, store), Path(shards),
                                Path(results) / f"out-{world}-{rank}", None, False, None, ctx)
             trainer._prepare_data()
             trainer._build_model(None)

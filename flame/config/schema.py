@@ -145,7 +145,7 @@ class DataConfig(_Section):
 # The reference's initial (logit scale, logit bias) per loss (src/training/main.py):
 # SigLIP's 10 and -10 for the sigmoid loss, CLIP's 1/0.07 for InfoNCE, where a bias
 # cancels in the softmax (0 here, and it is not trained). Kept here, not in
-# flame.losses, so that importing the configuration does not import torch.
+# flame.train.losses, so that importing the configuration does not import torch.
 REFERENCE_LOGIT_INIT: dict[str, tuple[float, float]] = {"sigmoid": (10.0, -10.0), "infonce": (1 / 0.07, 0.0)}
 
 

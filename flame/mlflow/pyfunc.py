@@ -22,18 +22,21 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
 import pandas as pd
 
 import flame
-from flame.checkpoint import STATE_FILE, WEIGHTS_FILE, read_model_config
+from flame.checkpoint import STATE_FILE, WEIGHTS_FILE
 from flame.config import RAW_FACET_SET, FlameConfig
 from flame.data.images import ImageReadError, read_image
 from flame.errors import FlameError
 from flame.files import link_or_copy
 from flame.mlflow.store import connect, experiment_name, get_or_create_experiment, using_tracking_uri
+
+if TYPE_CHECKING:
+    from flame.model import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +77,15 @@ def input_example():
     return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode()], "text": [EXAMPLE_TEXT]})
 
 
-def model_metadata(checkpoint_config: dict) -> dict[str, Any]:
-    """The metadata logged with a checkpoint whose ``model_config.json`` is ``checkpoint_config``."""
+def model_metadata(model_config: "ModelConfig") -> dict[str, Any]:
+    """The metadata logged with a checkpoint whose ``model_config.json`` is ``model_config``."""
     from flame.mlflow.standalone import llm_package, pin, text_encoder_spec
 
-    mode, text = checkpoint_config.get("text_mode", "flame"), checkpoint_config["text"]
+    mode, text = model_config.text_mode, model_config.text
     metadata: dict[str, Any] = {
         META_FLAME_VERSION: flame.__version__,
-        META_EMBED_DIM: checkpoint_config["embed_dim"],
-        META_TEXT_ENCODER: text_encoder_spec(mode, text, checkpoint_config.get("text_fingerprint")),
+        META_EMBED_DIM: model_config.embed_dim,
+        META_TEXT_ENCODER: text_encoder_spec(mode, text, model_config.text_fingerprint),
     }
     package = llm_package(text) if mode == "flame" else None
     if package:
@@ -209,13 +212,14 @@ def log_flame_model(config: FlameConfig, checkpoint_dir: str | Path, run_id: str
     import mlflow
 
     from flame.mlflow.standalone import pinned_requirements, stage_code
+    from flame.model import read_config
 
     checkpoint_dir = Path(checkpoint_dir)
     if not (checkpoint_dir / WEIGHTS_FILE).exists():
         raise FlameError(f"cannot log model: {checkpoint_dir / WEIGHTS_FILE} does not exist")
-    checkpoint_config = read_model_config(checkpoint_dir)
-    metadata = model_metadata(checkpoint_config)
-    requirements = pinned_requirements(checkpoint_config.get("text_mode", "flame"), checkpoint_config["text"])
+    model_config = read_config(checkpoint_dir)
+    metadata = model_metadata(model_config)
+    requirements = pinned_requirements(model_config.text_mode, model_config.text)
     uri = tracking_uri or config.tracking.tracking_uri
     client = connect(config, uri)
     was_running = run_id is not None and client.get_run(run_id).info.status == "RUNNING"

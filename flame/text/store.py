@@ -146,6 +146,13 @@ class EmbeddingStore:
         """The digest of the input the shard's embeddings were computed from (None: not recorded)."""
         return (self._open_shard(shard).metadata() or {}).get(INPUT_DIGEST_KEY)
 
+    def stale(self, digests: dict[str, str]) -> dict[str, str | None]:
+        """The shards of ``digests`` (shard name -> the sha256 of its input now) that this store
+        holds embeddings of computed from another input: name -> the digest they recorded
+        (None: not recorded). The one staleness check of training and the pipeline."""
+        return {name: recorded for name, digest in digests.items()
+                if self.has(name) and (recorded := self.input_digest(name)) != digest}
+
     def lookup(self, shard: str) -> dict[str, int]:
         """Sample key -> row index in the shard's tensor (cached)."""
         if shard not in self._lookups:

@@ -1,4 +1,5 @@
-"""Training a FlameModel (``run_training``): the loop, its text modes, batches and optimiser."""
+"""Training a FlameModel (``run_training``): the loop, its counters, the losses, batches,
+optimiser, the distributed collectives and the training's identity (``identity``)."""
 
 from flame.train.loop import run_training
 

@@ -1,21 +1,19 @@
-"""Training batches from img2dataset shards, whatever the text side (see ``text_modes``).
+"""Training batches from img2dataset shards, whatever the text side (see ``flame.text_modes``).
 
-``plan_shards`` counts, before training, which samples of every shard a text mode can use
-and what each rank and DataLoader worker will read. ``ShardBatches`` is an
-IterableDataset that yields whole batches: each DataLoader worker of each rank reads its
-own shards (every shard once per epoch per rank), shuffles through a bounded buffer,
-decodes and crops the image, and picks ``m`` of the K texts its text mode gives the
-sample. All randomness derives from (seed, epoch, key) or (seed, epoch, rank, worker), so
-an epoch is reproducible whatever the timing.
+``steps_per_epoch`` counts, from the plan of the shards (``flame.data.plan``), what each
+rank and DataLoader worker will read. ``ShardBatches`` is an IterableDataset that yields
+whole batches: each DataLoader worker of each rank reads its own shards (every shard once
+per epoch per rank), shuffles through a bounded buffer, decodes and crops the image, and
+picks ``m`` of the K texts its text mode gives the sample. All randomness derives from
+(seed, epoch, key) or (seed, epoch, rank, worker), so an epoch is reproducible whatever the
+timing.
 """
 
 from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -23,46 +21,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from flame.config import ImageConfig
 from flame.data.images import read_image
-from flame.data.shards import ShardSample, iter_shard, list_shards, shard_name
+from flame.data.plan import ShardPlan
+from flame.data.shards import ShardSample, iter_shard, shard_name
 from flame.errors import FlameError
-from flame.digest import sha256_file
 from flame.model.transforms import train_transform
+from flame.text_modes.base import ShardTexts
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ShardPlan:
-    shards: list[Path]
-    usable: dict[str, int]  # shard name -> samples with texts (their text mode can use)
-    missing: int = 0
-    missing_examples: list[str] = field(default_factory=list)
-    digests: dict[str, str] = field(default_factory=dict)  # shard name -> sha256 of its tar
-
-    @property
-    def total(self) -> int:
-        return sum(self.usable.values())
-
-
-def plan_shards(shards_dir: str | Path, usable: Callable[[str], Callable[[ShardSample], bool]]) -> ShardPlan:
-    """Every shard of ``shards_dir`` with its sha256 and its count of samples that
-    ``usable(shard name)(sample)`` accepts; the others are counted as missing (with a few examples)."""
-    shards = list_shards(shards_dir)
-    plan = ShardPlan(shards=shards, usable={})
-    for path in shards:
-        name = shard_name(path)
-        plan.digests[name] = sha256_file(path)
-        accepts = usable(name)
-        count = 0
-        for sample in iter_shard(path, with_images=False):
-            if accepts(sample):
-                count += 1
-            else:
-                plan.missing += 1
-                if len(plan.missing_examples) < 5:
-                    plan.missing_examples.append(f"{name}/{sample.key}")
-        plan.usable[name] = count
-    return plan
 
 
 def shards_of_rank(shards: list[Path], rank: int, world_size: int) -> list[Path]:
@@ -92,14 +57,6 @@ def steps_per_epoch(plan: ShardPlan, world_size: int, num_workers: int, batch_si
 
 def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, zlib.crc32(key.encode("utf-8"))])
-
-
-class ShardTexts(Protocol):
-    """A text mode's texts of a sample: ``for_shard(path)`` returns a function giving each
-    sample's K texts as one tensor (``[K, D]`` embeddings, ``[K, L]`` token ids, ...) or None
-    when the sample has none (counted as missing). Called inside the DataLoader worker."""
-
-    def for_shard(self, path: Path) -> Callable[[ShardSample], torch.Tensor | None]: ...
 
 
 class ShardBatches(IterableDataset):

@@ -1,13 +1,16 @@
-"""torch.distributed set-up from torchrun's environment variables (RANK, WORLD_SIZE, LOCAL_RANK), and the
-collectives the trainer uses. Their tensors live on the process's device: NCCL takes only CUDA tensors."""
+"""torch.distributed set-up from torchrun's environment variables (RANK, WORLD_SIZE, LOCAL_RANK), and every
+collective the trainer and the losses use. Their tensors live on the process's device: NCCL takes only CUDA
+tensors."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -64,6 +67,22 @@ def all_reduce_int(value: int, ctx: DistContext, op=dist.ReduceOp.SUM) -> int:
     tensor = torch.tensor(value, dtype=torch.int64, device=ctx.device)
     dist.all_reduce(tensor, op=op)
     return int(tensor)
+
+
+def all_gather_with_grad(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """``x`` of every rank concatenated along dim 0, in rank order; gradients flow back to each owner."""
+    if not ctx.enabled:
+        return x
+    with warnings.catch_warnings():  # its suggested replacement is a private module
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = dist_fn.all_gather(x.contiguous())
+    if x.requires_grad:
+        for part in parts:
+            # Its backward sends the incoming gradients into buffers made by empty_like, which
+            # keeps a non-contiguous gradient's strides (einsum's are), and the collective then
+            # fills them as if contiguous: a scrambled gradient. Hand it contiguous ones.
+            part.register_hook(torch.Tensor.contiguous)
+    return torch.cat(parts, dim=0)
 
 
 def barrier(ctx: DistContext) -> None:

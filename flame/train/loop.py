@@ -1,11 +1,11 @@
 """The training loop: a FlameModel's image tower (and, in the CLIP baseline, its text
-tower) against the texts its text mode provides (``flame.train.text_modes``).
+tower) against the texts its text mode provides (``flame.text_modes``).
 
 Single process, or DDP under torchrun. Resumable exactly from the checkpoint folder:
 the data order, crops and positive picks depend only on (seed, epoch, key), and the
 model, optimizer, scheduler and RNG come back from it (``flame.checkpoint``). The train
-state records what the run was trained on, and a resume against other texts, data or
-settings is refused, naming what changed (``flame.train.resume_check``).
+state records the training's identity (``flame.train.identity``: configuration, data, texts),
+and a resume of another training is refused, naming what changed.
 """
 
 from __future__ import annotations
@@ -22,17 +22,18 @@ from tqdm.auto import tqdm
 from flame import checkpoint as ckpt
 from flame.config import FlameConfig
 from flame.errors import FlameError
-from flame.losses import get_loss
-from flame.model import FlameModel
+from flame.model import FlameModel, ModelConfig
+from flame.text_modes import training_side
+from flame.text_modes.base import TrainingSide
 from flame.tracking import ConsoleTracker, JsonlTracker, MultiTracker, Tracker
 from flame.train.batches import ShardBatches, shards_of_rank, steps_per_epoch
 from flame.train.distributed import DistContext, all_reduce_int, barrier, cleanup, data_parallel, init_distributed
+from flame.train.identity import TrainingIdentity, training_identity
+from flame.train.losses import get_loss
 from flame.train.optim import build_optimizer, build_scheduler
 from flame.train.precision import resolve_precision
-from flame.train.resume_check import check_resumable, provenance
+from flame.train.progress import TrainProgress
 from flame.train.step import NonFiniteError, TrainStep
-from flame.train.text_modes import text_mode_for
-from flame.train.text_modes.base import TextMode
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,14 @@ def run_training(
     """
     ctx = init_distributed()
     try:
-        mode = text_mode_for(config, shards_dir, embeddings_dir)
+        mode = training_side(config, shards_dir, embeddings_dir)
         return _Trainer(config, mode, Path(shards_dir), Path(out_dir), epochs, resume, tracker, ctx).run()
     finally:
         cleanup(ctx)
 
 
 class _Trainer:
-    def __init__(self, config: FlameConfig, mode: TextMode, shards_dir: Path, out_dir: Path, epochs: int | None,
+    def __init__(self, config: FlameConfig, mode: TrainingSide, shards_dir: Path, out_dir: Path, epochs: int | None,
                  resume: bool, tracker: Tracker | None, ctx: DistContext):
         self.config, self.cfg, self.ctx = config, config.train, ctx
         self.mode = mode
@@ -80,6 +81,8 @@ class _Trainer:
     # ---- set-up ---------------------------------------------------------------------
     def _prepare_data(self) -> None:
         self.plan = self.mode.plan(self.cfg)
+        self.identity = training_identity(self.config, self.plan.digests, self.mode.text_fingerprint,
+                                          self.mode.source_fingerprint)
         self.workers = self.cfg.workers
         self.steps_per_epoch = steps_per_epoch(self.plan, self.ctx.world_size, max(1, self.workers), self.local_batch)
         if self.steps_per_epoch == 0:
@@ -114,17 +117,26 @@ class _Trainer:
                 log.info("no checkpoint in %s yet: starting from scratch", self.out_dir)
             return None
         state = ckpt.load_train_state(self.out_dir)
-        check_resumable(state, self.out_dir, self.config, self.mode, self.plan)
+        self._check_same_training(state)
         return state
+
+    def _check_same_training(self, state: dict) -> None:
+        try:
+            recorded = TrainingIdentity.from_record(state)
+        except FlameError as exc:
+            raise FlameError(f"refusing to resume {self.out_dir}: {exc}, so a resume cannot be checked; "
+                             "train into another --out") from None
+        if changes := self.identity.changes_since(recorded):
+            raise FlameError(f"refusing to resume {self.out_dir}: {'. '.join(changes)}. Train into another --out, "
+                             f"or resume with what it was trained on (this run reads {self.mode.source})")
 
     def _build_model(self, state: dict | None) -> None:
         torch.manual_seed(self.cfg.seed)
         text = self.mode.model_text()
-        self.model = FlameModel(
-            self.config.image, text.embed_dim, text_config=text.text_config,
-            text_fingerprint=text.fingerprint, text_mode=self.mode.name,
-            logit_scale_init=self.cfg.logit_scale_init, logit_bias_init=self.cfg.logit_bias_init,
-        )
+        model_config = ModelConfig(embed_dim=text.embed_dim, image=self.config.image, text_mode=self.config.text.mode,
+                                   text_fingerprint=text.fingerprint, text=text.text_config)
+        self.model = FlameModel(model_config, logit_scale_init=self.cfg.logit_scale_init,
+                                logit_bias_init=self.cfg.logit_bias_init)
         if state is not None:
             self.model.load_state_dict(state["model"], strict=True)
         # InfoNCE ignores the bias; DDP needs every trainable parameter to get a gradient.
@@ -163,19 +175,14 @@ class _Trainer:
         self._prepare_data()
         state = self._load_resume_state()
         self._build_model(state)
-        s = {  # counters that survive a resume
-            "step": 0, "epoch": 0, "step_in_epoch": 0, "epoch_loss_sum": 0.0, "losses": [],
-            "first_loss": None, "last_loss": None, "skipped_corrupt": 0, "epoch_corrupt": 0,
-        }
-        if state is not None:
-            s.update({k: state[k] for k in s})
-            if state["steps_per_epoch"] != self.steps_per_epoch:
-                raise FlameError(
-                    f"refusing to resume {self.out_dir}: the shards now give {self.steps_per_epoch} steps per epoch, "
-                    f"the checkpoint was made with {state['steps_per_epoch']} (data or batch size changed)"
-                )
-        self.s = s
-        resumed_from = s["step"] if state is not None else None
+        self.progress = TrainProgress() if state is None else TrainProgress.from_state(state)
+        if state is not None and state["steps_per_epoch"] != self.steps_per_epoch:
+            raise FlameError(
+                f"refusing to resume {self.out_dir}: the shards now give {self.steps_per_epoch} steps per epoch, "
+                f"the checkpoint was made with {state['steps_per_epoch']} (data or batch size changed)"
+            )
+        progress = self.progress
+        resumed_from = progress.step if state is not None else None
         tracker = self._tracker(resumed_from)
         if tracker:
             tracker.log_params(self.config.to_flat_dict())
@@ -184,14 +191,14 @@ class _Trainer:
         timing = {"images": 0, "seconds": 0.0, "wait": 0.0}
         status = "FAILED"
         try:
-            while s["epoch"] < self.target_epochs:
+            while progress.epoch < self.target_epochs:
                 self._run_epoch(tracker, timing)
             summary = self._summary(timing, resumed_from)
             if self.ctx.is_main:
                 self._warn_skips()
                 summary_file = ckpt.write_summary(self.out_dir, summary)
                 tracker.log_metrics({f"train/{k}": float(summary[k]) for k in ("images_per_sec", "data_wait_share")
-                                     if summary[k] is not None}, step=s["step"])
+                                     if summary[k] is not None}, step=progress.step)
                 tracker.log_artifact(summary_file)
             status = "FINISHED"
         finally:
@@ -203,25 +210,25 @@ class _Trainer:
         """The next non-empty batch (collecting skip counts on the way), or None at the end."""
         for batch in iterator:
             if count:
-                self.s["epoch_corrupt"] += batch["skipped_corrupt"]
+                self.progress.epoch_corrupt += batch["skipped_corrupt"]
             if batch["keys"]:
                 return batch
         return None
 
     def _run_epoch(self, tracker, timing) -> None:
-        s, ctx = self.s, self.ctx
-        epoch = s["epoch"]
+        progress, ctx = self.progress, self.ctx
+        epoch = progress.epoch
         iterator = iter(self._loader(epoch))
-        to_skip = s["step_in_epoch"]
+        to_skip = progress.step_in_epoch
         for _ in range(to_skip):  # mid-epoch resume: replay the data order up to where we stopped
             if self._next_batch(iterator, count=False) is None:
                 break
         if to_skip == 0:
-            s["epoch_corrupt"] = 0
+            progress.epoch_corrupt = 0
         bar = tqdm(total=self.steps_per_epoch, initial=to_skip, desc=f"epoch {epoch + 1}/{self.target_epochs}",
                    unit="step", disable=not ctx.is_main, dynamic_ncols=True)
         last = time.perf_counter()
-        while s["step_in_epoch"] < self.steps_per_epoch:
+        while progress.step_in_epoch < self.steps_per_epoch:
             batch = self._next_batch(iterator)
             waited = time.perf_counter() - last
             if not all_reduce_int(int(batch is not None), ctx, op=torch.distributed.ReduceOp.MIN):
@@ -231,11 +238,7 @@ class _Trainer:
                 loss = self.train_step(batch["pixels"], batch["texts"])
             except NonFiniteError as exc:
                 self._fail_non_finite(str(exc))
-            s["step"] += 1
-            s["step_in_epoch"] += 1
-            s["epoch_loss_sum"] += loss
-            s["first_loss"] = loss if s["first_loss"] is None else s["first_loss"]
-            s["last_loss"] = loss
+            progress.record_step(loss)
             now = time.perf_counter()
             timing["images"] += self.local_batch * ctx.world_size
             timing["seconds"] += now - last
@@ -243,79 +246,75 @@ class _Trainer:
             img_s = self.local_batch * ctx.world_size / max(now - last, 1e-9)
             bar.set_postfix(img_s=f"{img_s:.1f}", loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             bar.update(1)
-            if tracker and (s["step"] % self.cfg.log_every_steps == 0 or s["step"] == 1):
+            if tracker and (progress.step % self.cfg.log_every_steps == 0 or progress.step == 1):
                 tracker.log_metrics({
                     "train/loss": loss, "train/lr": lr, "train/img_per_s": img_s,
                     "train/logit_scale": float(self.model.logit_scale.detach().exp()),
                     "train/logit_bias": float(self.model.logit_bias.detach()), "train/epoch": epoch,
-                }, step=s["step"])
+                }, step=progress.step)
             every = self.cfg.checkpoint_every_steps
-            if every and s["step"] % every == 0 and s["step_in_epoch"] < self.steps_per_epoch:
+            if every and progress.step % every == 0 and progress.step_in_epoch < self.steps_per_epoch:
                 self._save()
             last = time.perf_counter()
         bar.close()
         while self._next_batch(iterator) is not None:  # collect skip counts of the remainder
             pass
-        steps = max(1, s["step_in_epoch"])
-        s["losses"].append(s["epoch_loss_sum"] / steps)
-        s["skipped_corrupt"] = all_reduce_int(s["epoch_corrupt"], ctx)
-        s["epoch"] += 1
-        s["step_in_epoch"], s["epoch_loss_sum"] = 0, 0.0
+        progress.end_epoch(skipped_corrupt=all_reduce_int(progress.epoch_corrupt, ctx))
         if tracker:
-            tracker.log_metrics({"train/epoch_loss": s["losses"][-1], "train/skipped_corrupt": s["skipped_corrupt"],
-                                 "epoch": s["epoch"]}, step=s["step"])
+            tracker.log_metrics({"train/epoch_loss": progress.losses[-1],
+                                 "train/skipped_corrupt": progress.skipped_corrupt, "epoch": progress.epoch},
+                                step=progress.step)
         self._save()
 
     def _warn_skips(self) -> None:
         # Samples without texts were reported when the data was planned; undecodable images
         # show up only while reading, the same ones every epoch.
-        if self.s["skipped_corrupt"]:
+        if self.progress.skipped_corrupt:
             log.warning("skipped %d undecodable image(s) in each epoch (skipped.corrupt_images in the summary)",
-                        self.s["skipped_corrupt"])
+                        self.progress.skipped_corrupt)
 
     def _fail_non_finite(self, what: str) -> None:
-        s = self.s
+        progress = self.progress
         kept = (f"the last good checkpoint in {self.out_dir} (step {ckpt.load_train_state(self.out_dir)['step']}) is kept"
                 if ckpt.has_checkpoint(self.out_dir) else "no checkpoint had been written yet")
         raise FlameError(
-            f"training stopped: {what} at epoch {s['epoch'] + 1}, step {s['step'] + 1}; nothing was saved for this "
-            f"step and {kept}. Lower train.lr or check the embeddings in {self.mode.source} for NaN/Inf"
+            f"training stopped: {what} at epoch {progress.epoch + 1}, step {progress.step + 1}; nothing was saved "
+            f"for this step and {kept}. Lower train.lr or check the embeddings in {self.mode.source} for NaN/Inf"
         )
 
     def _save(self) -> None:
-        s = self.s
         if self.ctx.is_main:
             ckpt.save_checkpoint(self.out_dir, self.model, {
-                **{k: s[k] for k in ("step", "epoch", "step_in_epoch", "epoch_loss_sum", "losses", "first_loss",
-                                     "last_loss", "skipped_corrupt", "epoch_corrupt")},
+                **self.progress.to_state(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "steps_per_epoch": self.steps_per_epoch,
                 "horizon_epochs": self.horizon_epochs,
-                **provenance(self.config, self.mode, self.plan),
-            })
+                **self.identity.record(),
+            }, training_id=self.identity.id)
         barrier(self.ctx)
 
     def _summary(self, timing: dict, resumed_from: int | None) -> dict[str, Any]:
-        s = self.s
+        progress = self.progress
         seconds = timing["seconds"]
         return {
             "checkpoint": str(self.out_dir),
-            "epochs": s["epoch"],
-            "steps": s["step"],
+            "epochs": progress.epoch,
+            "steps": progress.step,
             "steps_per_epoch": self.steps_per_epoch,
             "batch_size": self.cfg.batch_size,
             "world_size": self.ctx.world_size,
             "samples": self.plan.total,
-            "losses": s["losses"],
-            "first_loss": s["first_loss"],
-            "last_loss": s["last_loss"],
+            "losses": progress.losses,
+            "first_loss": progress.first_loss,
+            "last_loss": progress.last_loss,
             "images_per_sec": timing["images"] / seconds if seconds else None,
             "data_wait_share": timing["wait"] / seconds if seconds else None,
-            "skipped": {"corrupt_images": s["skipped_corrupt"], "missing_embeddings": self.plan.missing},
+            "skipped": {"corrupt_images": progress.skipped_corrupt, "missing_embeddings": self.plan.missing},
             "precision": self.precision,
             "device": str(self.ctx.device),
             "text_fingerprint": self.mode.text_fingerprint,
             "embedding_store": self.mode.source_fingerprint,
+            "training_id": self.identity.id,
             "resumed_from_step": resumed_from,
         }

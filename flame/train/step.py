@@ -12,6 +12,7 @@ import torch
 from flame.model import FlameModel
 from flame.train.attention import attention_kernel
 from flame.train.distributed import DistContext, all_reduce
+from flame.train.losses import Loss
 from flame.train.precision import autocast
 
 
@@ -23,10 +24,10 @@ class NonFiniteError(ArithmeticError):
 class TrainStep:
     model: FlameModel
     forward: Callable  # the model, or its DDP wrapper
-    features: Callable  # TextMode.features: (forward, pixels, texts) -> image [B, D], texts [B, m, D]
+    features: Callable  # TrainingSide.features: (forward, pixels, texts) -> image [B, D], texts [B, m, D]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    loss_fn: Callable
+    loss_fn: Loss
     precision: str
     grad_clip: float | None
     max_logit_scale: float
@@ -43,7 +44,7 @@ class TrainStep:
             with autocast(self.precision, device):
                 image_features, text_features = self.features(self.forward, pixels, texts)
             loss = self.loss_fn(image_features.float(), text_features.float(), self.model.logit_scale,
-                                self.model.logit_bias)
+                                self.model.logit_bias, ctx=self.ctx)
             value = float(all_reduce(loss.detach(), self.ctx)) / self.ctx.world_size
             if not math.isfinite(value):
                 raise NonFiniteError(f"loss is {value}")

@@ -85,7 +85,7 @@ def flame_model_asset(config: FlameConfig) -> AssetsDefinition:
     @asset(name="flame_model", group_name=MODEL_GROUP, deps=["image_shards", "caption_embeddings"],
            kinds={"pytorch"}, op_tags=config.orchestration.train_op_tags, pool=TRAIN_POOL,
            automation_condition=AUTOMATION,
-           code_version=code_version("flame.train", "flame.model", "flame.losses", "orchestration.train_step"),
+           code_version=code_version("flame.train", "flame.model", "flame.text_modes", "flame.data.plan", "orchestration.train_step"),
            description="The FLAME model trained on exactly the registered data shards, in a Dagster Pipes "
            "subprocess (plain Python, or torchrun per orchestration.train_launcher).")
     def flame_model(
@@ -176,7 +176,7 @@ def _number(value) -> float:
 
 
 @asset(group_name=MODEL_GROUP, deps=["evaluation"], kinds={"mlflow"}, automation_condition=AUTOMATION,
-       code_version=code_version("flame.mlflow", "evaluations.paired", "flame.app.promotion"),
+       code_version=code_version("flame.mlflow", "evaluations", "flame.app.promotion"),
        description="The model logged to MLflow (a self-contained pyfunc) and registered as challenger, with its "
        "git commit and the DVC hashes of its data; champion when, scored beside the current champion on the same "
        "evaluation set, it wins by registry.margin with a paired-bootstrap lower bound above zero. A training "

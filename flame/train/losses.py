@@ -5,8 +5,9 @@ image-major: text ``j`` of image ``i`` is ``text_features[i, j]``. Both losses f
 the FLAME reference (``MultiPositiveSigmoidLoss``, ``MultiPositiveNCELoss``), including
 how they are normalised.
 
-With torch.distributed initialised, text (and for InfoNCE image) features are gathered
-from all ranks with a gradient-correct all_gather, so each rank's loss covers its local
+With several processes (``ctx``, the process's ``DistContext``), text (and for InfoNCE
+image) features are gathered from all ranks with a gradient-correct all_gather
+(``flame.train.distributed.all_gather_with_grad``), so each rank's loss covers its local
 images (rows) against the global batch (columns). Each rank divides by its local row
 count, and the global batch has ``world_size`` times as many rows, so the mean of the
 ranks' losses is the single-process loss of the global batch, and DDP's gradient
@@ -16,36 +17,17 @@ per-rank value: its local texts against all texts, divided by the local text cou
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from flame.train.distributed import DistContext, all_gather_with_grad
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from all ranks along dim 0 (gradients flow back to each owner)."""
-    rank, world = _world()
-    if world == 1:
-        return x
-    import warnings
-
-    import torch.distributed.nn.functional as dist_fn
-
-    with warnings.catch_warnings():  # its suggested replacement is a private module
-        warnings.simplefilter("ignore", FutureWarning)
-        parts = dist_fn.all_gather(x.contiguous())
-    if x.requires_grad:
-        for part in parts:
-            # Its backward sends the incoming gradients into buffers made by empty_like, which
-            # keeps a non-contiguous gradient's strides (einsum's are), and the collective then
-            # fills them as if contiguous: a scrambled gradient. Hand it contiguous ones.
-            part.register_hook(torch.Tensor.contiguous)
-    return torch.cat(parts, dim=0)
+class Loss(Protocol):
+    def __call__(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                 logit_bias: torch.Tensor, *, ctx: DistContext) -> torch.Tensor: ...
 
 
 def multi_positive_sigmoid_loss(
@@ -53,6 +35,8 @@ def multi_positive_sigmoid_loss(
     text_features: torch.Tensor,
     logit_scale: torch.Tensor,
     logit_bias: torch.Tensor,
+    *,
+    ctx: DistContext,
 ) -> torch.Tensor:
     """SigLIP-style loss: each local image against every text of the global batch.
 
@@ -61,12 +45,11 @@ def multi_positive_sigmoid_loss(
     labelled +1, all others -1. Returns the sum over pairs / the local text count B*m.
     """
     b, m, d = text_features.shape
-    rank, _ = _world()
-    all_texts = gather_with_grad(text_features.reshape(b * m, d))  # [R*B*m, D], image-major
+    all_texts = all_gather_with_grad(text_features.reshape(b * m, d), ctx)  # [R*B*m, D], image-major
     logits = image_features.float() @ all_texts.float().T * logit_scale.exp() + logit_bias
     labels = -torch.ones_like(logits)
     rows = torch.arange(b, device=logits.device).repeat_interleave(m)
-    cols = rank * b * m + torch.arange(b * m, device=logits.device)  # this rank's own texts
+    cols = ctx.rank * b * m + torch.arange(b * m, device=logits.device)  # this rank's own texts
     labels[rows, cols] = 1.0
     return -F.logsigmoid(labels * logits).sum() / (b * m)
 
@@ -76,6 +59,8 @@ def multi_positive_infonce_loss(
     text_features: torch.Tensor,
     logit_scale: torch.Tensor,
     logit_bias: torch.Tensor | None = None,
+    *,
+    ctx: DistContext,
 ) -> torch.Tensor:
     """Symmetric InfoNCE with m positives per image, as the reference's MultiPositiveNCELoss.
 
@@ -86,12 +71,11 @@ def multi_positive_infonce_loss(
     softmax and is ignored.
     """
     b, m, d = text_features.shape
-    rank, _ = _world()
     scale = logit_scale.exp()
     local_texts = text_features.float()
-    all_texts = gather_with_grad(local_texts)  # [N, m, D]
-    all_images = gather_with_grad(image_features.float())  # [N, D]
-    local_images = rank * b + torch.arange(b, device=local_texts.device)  # their global indices
+    all_texts = all_gather_with_grad(local_texts, ctx)  # [N, m, D]
+    all_images = all_gather_with_grad(image_features.float(), ctx)  # [N, D]
+    local_images = ctx.rank * b + torch.arange(b, device=local_texts.device)  # their global indices
     targets = local_images.repeat_interleave(m)  # row (i, j) -> image i
 
     image_to_slot_texts = torch.einsum("bd,nmd->bmn", image_features.float(), all_texts) * scale  # [B, m, N]
@@ -101,10 +85,10 @@ def multi_positive_infonce_loss(
     return (i2t + t2i) / 2
 
 
-LOSSES = {"sigmoid": multi_positive_sigmoid_loss, "infonce": multi_positive_infonce_loss}
+LOSSES: dict[str, Loss] = {"sigmoid": multi_positive_sigmoid_loss, "infonce": multi_positive_infonce_loss}
 
 
-def get_loss(name: str):
+def get_loss(name: str) -> Loss:
     if name not in LOSSES:
         raise ValueError(f"train.loss={name!r}: unknown; choose one of {sorted(LOSSES)}")
     return LOSSES[name]

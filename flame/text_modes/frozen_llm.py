@@ -1,5 +1,10 @@
-"""The FLAME text mode: the frozen LLM's caption embeddings, read from the embedding store
-made by ``flame embed`` and joined with the shards by sample key."""
+"""The FLAME text mode (``flame``): the frozen LLM.
+
+Training reads its caption embeddings from the embedding store made by ``flame embed``,
+joined with the shards by sample key; nothing on the text side is trained. The model's
+tower encodes text with the same LLM (loaded on first use), its facet hidden states
+pooled into one L2-normalised vector, and refuses an LLM with another fingerprint.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,62 @@ from typing import Callable
 
 import torch
 
-from flame.config import FlameConfig, TrainConfig
+from flame.config import RAW_FACET_SET, FlameConfig, TextConfig, TrainConfig
+from flame.data.plan import ShardPlan, plan_shards
 from flame.data.shards import ShardSample, shard_name
 from flame.errors import FlameError
+from flame.text import encoder_from_config
 from flame.text.store import EmbeddingStore
-from flame.train.batches import ShardPlan, plan_shards
-from flame.train.text_modes.base import ModelText
+from flame.text_modes.base import ModelText, TextMode
+from flame.text_modes.facet_pooling import MEAN_THEN_NORMALIZE, pool_facets
 
 log = logging.getLogger(__name__)
+
+
+# ---- the model's tower ----------------------------------------------------------------
+
+
+class FrozenLLMTower:
+    """Encodes texts with the frozen LLM the model was trained against; refuses another one."""
+
+    def __init__(self, text_config: dict, fingerprint: str | None):
+        self.text_config = text_config
+        self.fingerprint = fingerprint
+        self._encoder = None
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            encoder = encoder_from_config(TextConfig.model_validate(self.text_config))
+            check_text_fingerprint(self.fingerprint, encoder.fingerprint, "the configured text encoder")
+            self._encoder = encoder
+        return self._encoder
+
+    def set_encoder(self, encoder) -> None:
+        """Reuse an already loaded encoder (it must have the trained-against fingerprint)."""
+        check_text_fingerprint(self.fingerprint, encoder.fingerprint, "the given text encoder")
+        self._encoder = encoder
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], facet_set: str = RAW_FACET_SET, pooling: str = MEAN_THEN_NORMALIZE) -> torch.Tensor:
+        if facet_set not in self.text_config["facet_sets"]:
+            raise FlameError(
+                f"facet set {facet_set!r} unknown to this model; known: {sorted(self.text_config['facet_sets'])}"
+            )
+        per_facet = torch.as_tensor(self.encoder.encode(list(texts), facet_set)).float()  # [N, K, D]
+        return pool_facets(per_facet, pooling)
+
+
+def check_text_fingerprint(expected: str | None, actual: str | None, what: str) -> None:
+    if expected and actual and expected != actual:
+        raise FlameError(
+            f"text encoder fingerprint mismatch: the model was trained against {expected}, "
+            f"but {what} has {actual} (a different LLM, layer, dtype or prompts); "
+            "embeddings from different encoders are not comparable"
+        )
+
+
+# ---- the training side ----------------------------------------------------------------
 
 
 class StoreTexts:
@@ -37,8 +90,8 @@ class StoreTexts:
         return lambda sample: table[rows[sample.key]] if sample.key in rows else None
 
 
-class FrozenLLMMode:
-    name = "flame"
+class FrozenLLMTraining:
+    """Trains against the store in ``embeddings_dir``; opening it reads its metadata only."""
 
     def __init__(self, config: FlameConfig, shards_dir: Path, embeddings_dir: Path | None):
         if embeddings_dir is None:
@@ -83,20 +136,17 @@ class FrozenLLMMode:
 
     def _check_embedded_from(self, plan: ShardPlan) -> None:
         """Refuse embeddings computed from other bytes than the shard the training reads."""
-        stale = []
-        for path in plan.shards:
-            name = shard_name(path)
-            if self.store.has(name) and (recorded := self.store.input_digest(name)) != plan.digests[name]:
-                stale.append((name, path, recorded))
+        stale = self.store.stale(plan.digests)
         if not stale:
             return
-        name, path, recorded = stale[0]
-        others = f" (and {len(stale) - 1} more shard(s): {', '.join(n for n, _, _ in stale[1:])})" if stale[1:] else ""
+        (name, recorded), *others = stale.items()
+        path = next(p for p in plan.shards if shard_name(p) == name)
+        more = f" (and {len(others)} more shard(s): {', '.join(n for n, _ in others)})" if others else ""
         why = (f"were computed from input sha256 {recorded}, but {path} has sha256 {plan.digests[name]}: "
                "the shard changed since it was embedded" if recorded else
                "do not record which input they were computed from (made by an older flame embed)")
         raise FlameError(
-            f"the embeddings of shard {name!r} in {self.store.shard_path(name)} {why}{others}. "
+            f"the embeddings of shard {name!r} in {self.store.shard_path(name)} {why}{more}. "
             f"Rerun `flame embed --input {self.shards_dir} --out {self.store.path.parent}` to re-embed it"
         )
 
@@ -109,3 +159,6 @@ class FrozenLLMMode:
     @staticmethod
     def features(forward, pixels: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return forward(pixels), texts.float()
+
+
+MODE = TextMode("flame", tower=FrozenLLMTower, training_side=FrozenLLMTraining)
