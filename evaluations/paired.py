@@ -25,6 +25,7 @@ from evaluations.tasks.base import TextProtocol
 from flame.config import EvalConfig, FlameConfig
 from flame.digest import Digest
 from flame.errors import FlameError
+from flame.model import load as load_model
 
 _BOOTSTRAP_CHUNK = 256  # resamples drawn at once: bounds memory on large eval sets
 
@@ -118,9 +119,7 @@ def score(model, eval_set: EvalSet) -> QueryHits:
 
 def score_checkpoint(checkpoint_dir: str | Path, eval_set: EvalSet) -> QueryHits:
     """The hits of the FLAME checkpoint in ``checkpoint_dir`` (on the CPU, as ``flame evaluate``)."""
-    from flame.model import load
-
-    return score(load(checkpoint_dir), eval_set)
+    return score(load_model(checkpoint_dir), eval_set)
 
 
 def paired_bootstrap(challenger_hits: QueryHits, champion_hits: QueryHits, samples: int = 1000,

@@ -51,12 +51,13 @@ def _ok(result, what: str) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> dict:
+    # Imported once main() has set the environment: huggingface_hub reads HF_HUB_OFFLINE when imported.
     from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
+    from flame.data.data_shards import discover_chunks
     from orchestration.checks import ALL_CHECKS
     from orchestration.definitions import pipeline_assets
     from orchestration.jobs import INGEST_ASSETS, MODEL_ASSETS
-    from flame.data.data_shards import discover_chunks
     from orchestration.lineage import latest_record, metadata_of
     from orchestration.partitions import DATA_SHARDS
     from orchestration.resources import build_resources

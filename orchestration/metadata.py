@@ -5,6 +5,7 @@ import io
 from pathlib import Path
 
 from dagster import MetadataValue
+from PIL import Image
 
 # Dagster stores metadata in its event log; an inline plot is shrunk until it fits this.
 INLINE_IMAGE_BYTES = 150_000
@@ -22,8 +23,6 @@ def md_table(rows: list[dict]) -> str:
 
 def inline_png(path: str | Path, title: str = "") -> MetadataValue:
     """Markdown with the image at ``path`` embedded as a PNG data URI (downscaled to fit)."""
-    from PIL import Image
-
     with Image.open(path) as image:
         image = image.convert("RGB")
         width = min(image.width, 900)

@@ -18,6 +18,8 @@ DVC's own lock.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from flame.atomic import write_text
-from flame.config import FlameConfig, read_params, resolved_yaml
+from flame.config import FlameConfig, read_params, repo_root, resolved_yaml
 from flame.errors import FlameError
 
 # The stages a Dagster run records, by what it has made: the data before a training, the model after it.
@@ -156,10 +158,10 @@ def record_and_tag(repo: str | Path, config: FlameConfig, params_file: str | Pat
                    stages: tuple[str, ...], tag_paths: tuple[str, ...]) -> dict[str, str]:
     """What a Dagster run calls once it has made the outputs of ``stages``: record and push them,
     and return the lineage tags of ``tag_paths``; for a run dvc.yaml does not describe, only the
-    git commit and ``dvc.unversioned`` (why)."""
+    git commit of the code and ``dvc.unversioned`` (why)."""
     why = why_unversioned(repo, config, params_file, storage_root)
     if why is not None:
-        sha, dirty = git_commit(repo)
+        sha, dirty = git_commit(repo_root())
         return {"git.commit": sha, "git.dirty": str(dirty).lower(), UNVERSIONED_TAG: why}
     record_stages(repo, stages, config.profile)
     return lineage_tags(repo, tag_paths)
@@ -179,9 +181,6 @@ def pull(repo: str | Path, md5: str, dest: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m orchestration.versioning tags PATH...`` or ``pull --md5 X.dir --dest FOLDER``."""
-    import argparse
-    import json
-
     parser = argparse.ArgumentParser(description="Data versions with DVC.")
     sub = parser.add_subparsers(dest="action", required=True)
     tags = sub.add_parser("tags", help="print the lineage tags of recorded paths")

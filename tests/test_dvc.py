@@ -129,8 +129,8 @@ def test_params_resolved_is_what_flame_config_writes_for_the_default_profile():
     profile = yaml.safe_load((ROOT / "params.yaml").read_text())["profile"]
     assert (ROOT / RESOLVED).read_text() == resolved_yaml(ROOT / "params.yaml", profile), (
         f"{RESOLVED} is stale: run `flame config --profile {profile} --out {RESOLVED}` and commit it")
-    for path in ("data/shards", "data/embeddings", "data/training_sets", "data/models", "data/evaluations",
-                 "data/incoming/new.jsonl"):
+    for path in ("data/shards/x.tar", "data/embeddings/f/x.safetensors", "data/training_sets/i/shards/x.tar",
+                 "data/models/i/model.safetensors", "data/evaluations/i/evaluation.json", "data/incoming/new.jsonl"):
         assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0, path
     for path in ("dvc.yaml", "params.yaml", RESOLVED, "dvc.lock"):
         assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 1, path

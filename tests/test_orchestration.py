@@ -90,7 +90,7 @@ def test_schedule_tick_without_data_skips_and_says_why(orchestration_env):
     config = orchestration_env["resources"]["flame_config"].load()
     schedule = retrain_schedule(config)
     assert schedule.cron_schedule == "15 4 * * *"  # the test profile's orchestration.retrain_cron
-    resources = {"flame_config": orchestration_env["resources"]["flame_config"]}
+    resources = {key: orchestration_env["resources"][key] for key in ("flame_config", "storage")}
     with DagsterInstance.get() as instance:  # DAGSTER_HOME in tmp_path: an empty instance
         tick = schedule.evaluate_tick(build_schedule_context(instance=instance, resources=resources))
     assert not tick.run_requests

@@ -25,14 +25,16 @@ from flame.config import FlameConfig
 from flame.data.data_shards import ManifestChunk
 from flame.data.download import SUMMARY_FILE, download_shards
 from flame.data.manifest import write_manifest_slice
+from flame.data.plan import shard_digests
 from flame.digest import sha256_file
 from flame.errors import FlameError
 from flame.files import link_or_copy
+from flame.mlflow.tracker import MlflowTracker
 from flame.model import load as load_model
 from flame.storage import SHARD_SUFFIXES, StoragePaths
 from flame.text.embed import InputShard, embed_shards, find_store
 from flame.text.store import META_FILE, EmbeddingStore
-from flame.text_modes import text_mode
+from flame.text_modes import training_side
 from flame.tracking import Tracker
 from flame.train.identity import TrainingIdentity, training_identity
 from flame.train.tracked import train_tracked
@@ -119,7 +121,8 @@ def training_inputs(config: FlameConfig, paths: StoragePaths, keys: list[str]) -
     text configuration from its current bytes; the error lists every shard that is not, and why.
     The training's identity follows from them and the configuration, without loading the LLM."""
     if not keys:
-        raise FlameError("no data shards to train on: register manifests (orchestration.manifests) first")
+        raise FlameError("no data shards registered yet: the manifests of orchestration.manifests become data shards "
+                         "through Dagster's new_manifest sensor, `flame demo` or `dvc repro shards`")
     digests, problems = {}, {}
     for key in sorted(keys):
         shard = paths.shard(key)
@@ -139,7 +142,7 @@ def training_inputs(config: FlameConfig, paths: StoragePaths, keys: list[str]) -
     if problems:
         listed = "; ".join(f"{k}: {why}" for k, why in sorted(problems.items()))
         raise FlameError(f"{len(problems)} of {len(keys)} data shards are not ready for training: {listed}")
-    side = text_mode(config.text.mode).fingerprints(config, store)
+    side = training_side(config, paths.shards, store.path if store else None)
     identity = training_identity(config, digests, side.text_fingerprint, side.source_fingerprint)
     return TrainingInputs([ShardInput(k, paths.shard(k), d) for k, d in digests.items()], store, identity)
 
@@ -183,10 +186,8 @@ def assemble_training_set(inputs: TrainingInputs, paths: StoragePaths) -> Traini
 
 def identity_of_training_set(config: FlameConfig, training_set: TrainingSet) -> TrainingIdentity:
     """The identity of a training on ``training_set`` (e.g. one pulled by DVC on another machine)."""
-    digests = {p.stem: sha256_file(p) for p in sorted(training_set.shards.glob("*.tar"))}
-    store = EmbeddingStore.open(training_set.embeddings) if training_set.embeddings else None
-    side = text_mode(config.text.mode).fingerprints(config, store)
-    return training_identity(config, digests, side.text_fingerprint, side.source_fingerprint)
+    side = training_side(config, training_set.shards, training_set.embeddings)
+    return training_identity(config, shard_digests(training_set.shards), side.text_fingerprint, side.source_fingerprint)
 
 
 def train(config: FlameConfig, training_set: TrainingSet, out_dir: str | Path, training_id: str, *,
@@ -223,8 +224,6 @@ def evaluate(config: FlameConfig, checkpoint_dir: str | Path, out_file: str | Pa
     plots = [out_file.parent / p for r in result["results"] for p in r.get("plots", [])
              if (out_file.parent / p).is_file()]
     if run_id:
-        from flame.mlflow.tracker import MlflowTracker  # mlflow is slow to import: only when tracked
-
         metrics = {k: float(v) for k, v in result["summary"].items() if isinstance(v, (int, float))}
         with MlflowTracker(config, run_id=run_id) as tracker:
             tracker.log_evaluation(metrics, [out_file, *plots])

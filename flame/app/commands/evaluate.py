@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from evaluations.tasks import MANIFEST_TASKS as TASKS
+from flame.atomic import write_json
+from flame.errors import FlameError
 
 HELP = "evaluate a checkpoint on benchmarks (zero-shot, retrieval, long, multilingual, linear probe) or a manifest"
 
@@ -30,11 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config) -> int:
-    from pathlib import Path
-
+    # The runner and the model import torch: loaded once the arguments are parsed.
     from evaluations import runner
-    from flame.atomic import write_json
-    from flame.errors import FlameError
     from flame.model import load
 
     if args.manifest and not args.task:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flame.config import default_params_path
 from flame.errors import FlameError
+from flame.mlflow.store import require_store
 from flame.paths import normalize_tracking_uri
 
 # Actions that only make sense on a store with content: they never create one.
@@ -46,7 +47,6 @@ def run(args, config) -> int:
     # The registry and the gate import mlflow and torch: loaded only once the arguments are parsed.
     from flame.app import promotion
     from flame.mlflow.registry import Registry
-    from flame.mlflow.store import require_store
 
     updates = {}
     if args.tracking_uri:

@@ -7,6 +7,7 @@ import json
 import logging
 
 from flame.config import RAW_FACET_SET
+from flame.data.images import ImageReadError, read_image
 from flame.errors import FlameError
 
 HELP = "zero-shot classify one image with a trained FLAME checkpoint against comma-separated labels"
@@ -36,7 +37,7 @@ def parse_labels(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace, config) -> int:
-    from flame.data.images import ImageReadError, read_image
+    # The model imports torch: loaded once the arguments are parsed and the image read.
     from flame.model import load
     from flame.model.zero_shot import SCORE_LEGEND, rank_labels
 
