@@ -122,6 +122,25 @@ def score_checkpoint(checkpoint_dir: str | Path, eval_set: EvalSet) -> QueryHits
     return score(load_model(checkpoint_dir), eval_set)
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """Two models' hits on one eval set, and the paired bootstrap of their difference."""
+
+    challenger: QueryHits
+    champion: QueryHits
+    diff: float
+    ci_low: float
+    ci_high: float
+
+
+def compare(challenger: QueryHits, champion_checkpoint: str | Path, eval_set: EvalSet, samples: int = 1000,
+            confidence: float = 0.95, seed: int = 0) -> Comparison:
+    """The champion in ``champion_checkpoint`` scored on ``eval_set`` beside the ``challenger``'s hits."""
+    champion = score_checkpoint(champion_checkpoint, eval_set)
+    diff, low, high = paired_bootstrap(challenger, champion, samples, confidence, seed)
+    return Comparison(challenger, champion, diff, low, high)
+
+
 def paired_bootstrap(challenger_hits: QueryHits, champion_hits: QueryHits, samples: int = 1000,
                      confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """(challenger score - champion score, and the percentile interval of that difference at ``confidence``).

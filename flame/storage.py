@@ -13,47 +13,24 @@ command line agree on every path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 SHARD_SUFFIXES = (".tar", ".parquet", "_stats.json")
 EVALUATION_FILE = "evaluation.json"
 
 
-@dataclass(frozen=True)
 class StoragePaths:
-    root: Path
+    """The folders under ``root`` and the file of each data shard or training in them."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
-
-    @property
-    def manifests(self) -> Path:
-        return self.root / "manifests"
-
-    @property
-    def downloads(self) -> Path:
-        return self.root / "downloads"
-
-    @property
-    def shards(self) -> Path:
-        return self.root / "shards"
-
-    @property
-    def embeddings(self) -> Path:
-        return self.root / "embeddings"
-
-    @property
-    def training_sets(self) -> Path:
-        return self.root / "training_sets"
-
-    @property
-    def models(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def evaluations(self) -> Path:
-        return self.root / "evaluations"
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.manifests = self.root / "manifests"
+        self.downloads = self.root / "downloads"
+        self.shards = self.root / "shards"
+        self.embeddings = self.root / "embeddings"
+        self.training_sets = self.root / "training_sets"
+        self.models = self.root / "models"
+        self.evaluations = self.root / "evaluations"
 
     def manifest(self, key: str) -> Path:
         return self.manifests / f"{key}.jsonl"

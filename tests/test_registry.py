@@ -24,6 +24,8 @@ from flame.mlflow.registry import Registry
 from flame.mlflow.tracker import MlflowTracker
 
 LIMIT = 6  # the first 6 sample-dev images and their 30 captions (texts cached by the session)
+# What a pipeline run gives a version: the git commit and the DVC hashes of its data.
+LINEAGE = {"git.commit": "0123abcd" * 5, "dvc.data/training_sets": "c0ffee00" * 4 + ".dir"}
 
 
 def _config(mlflow_server, **registry):
@@ -66,7 +68,8 @@ def gated(mlflow_server, eval_checkpoint, eval_text_cache):
     """A registry where v1 (first version) and v2 (the same checkpoint) went through the gate."""
     config = _config(mlflow_server)
     model_uri = log_flame_model(config, eval_checkpoint)
-    first = register_and_gate(config, model_uri, checkpoint_dir=eval_checkpoint, training_id="train-1", limit=LIMIT)
+    first = register_and_gate(config, model_uri, checkpoint_dir=eval_checkpoint, training_id="train-1", limit=LIMIT,
+                              lineage=LINEAGE)
     second = register_and_gate(config, model_uri, checkpoint_dir=eval_checkpoint, training_id="train-2", limit=LIMIT)
     return config, model_uri, first, second
 
@@ -149,6 +152,9 @@ def test_cli_show_lists_versions_with_aliases_and_decisions(gated):
     assert shown["aliases"] == {"champion": "1", "challenger": "2"} and shown["champion_history"] == ["1"]
     assert [(v["version"], v["aliases"], v["decision"]) for v in shown["versions"]] == [
         ("1", ["champion"], "first-version"), ("2", ["challenger"], "rejected")]
+    assert (shown["versions"][0]["git_commit"], shown["versions"][0]["data_versions"]) == (
+        LINEAGE["git.commit"], {"data/training_sets": LINEAGE["dvc.data/training_sets"]})
+    assert (shown["versions"][1]["git_commit"], shown["versions"][1]["data_versions"]) == (None, {})
     assert shown["versions"][1]["tags"][gate.TAG_CI_LOW] == "0.0"
     table = flame("show")
     assert table.returncode == 0, table.stderr

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluations.paired import EvalSet, QueryHits, load_eval_set, paired_bootstrap, score_checkpoint
+from evaluations.paired import Comparison, EvalSet, QueryHits, compare, load_eval_set, score_checkpoint
 from flame import checkpoint
 from flame.config import FlameConfig, RegistryConfig
 from flame.errors import FlameError
@@ -115,9 +115,9 @@ def beats(diff: float, ci_low: float, ci_high: float, reg: RegistryConfig) -> bo
 
 
 def decide(reg: RegistryConfig, version: str, challenger: QueryHits, champion: str | None,
-           held: QueryHits | None, eval_set: str, why_unscored: str = "") -> Decision:
-    """The decision for ``version`` (scored ``challenger``) against ``champion`` (scored ``held``,
-    None when it could not be scored, ``why_unscored`` saying why)."""
+           comparison: Comparison | None, eval_set: str, why_unscored: str = "") -> Decision:
+    """The decision for ``version`` (scored ``challenger``) against ``champion``, scored beside it
+    in ``comparison`` (None when it could not be scored, ``why_unscored`` saying why)."""
     d = Decision(reg.model_name, version, False, "rejected", "", reg.gate_metric, candidate_value=challenger.score,
                  champion_version=champion, n_queries=challenger.n_queries, eval_set=eval_set, margin=reg.margin)
     where = f"on {challenger.n_queries} queries of eval set {eval_set[:12]}"
@@ -125,10 +125,10 @@ def decide(reg: RegistryConfig, version: str, challenger: QueryHits, champion: s
         d.promoted, d.decision = True, "first-version"
         d.reason = f"first version: champion by default ({reg.gate_metric} {challenger.score:.4f} {where})"
         return d
-    if held is None:
+    if comparison is None:
         d.reason = f"not promoted: champion v{champion} has no loadable checkpoint to score against ({why_unscored[:500]})"
         return d
-    diff, low, high = paired_bootstrap(challenger, held, reg.bootstrap_samples, reg.confidence, reg.bootstrap_seed)
+    held, diff, low, high = comparison.champion, comparison.diff, comparison.ci_low, comparison.ci_high
     d.champion_value, d.diff, d.ci_low, d.ci_high = held.score, diff, low, high
     d.confidence, d.bootstrap_samples = reg.confidence, reg.bootstrap_samples
     compared = (f"{reg.gate_metric} {challenger.score:.4f} vs champion v{champion} {held.score:.4f} {where}: "
@@ -193,28 +193,32 @@ def gate_challenger(config: FlameConfig, tracking_uri: str | None = None, *, lim
         return already_champion(registry, reg, version)
     eval_set = load_eval_set(config, limit=limit)
     with tempfile.TemporaryDirectory(prefix="flame-gate-") as tmp:
-        challenger = score_checkpoint(registry.download_checkpoint(version, tmp), eval_set)
+        checkpoint_dir = registry.download_checkpoint(version, tmp)
+        challenger = score_checkpoint(checkpoint_dir, eval_set)
     return gate(registry, reg, version, challenger, eval_set)
 
 
 def gate(registry: Registry, reg: RegistryConfig, version: str, challenger: QueryHits, eval_set: EvalSet) -> Decision:
-    """Score the champion, decide, and record: champion moves by compare-and-set, so a decision
-    made against a champion that has moved since is made again against the new one."""
+    """Score the champion beside ``challenger``, decide, and record: champion moves by
+    compare-and-set, so a decision made against a champion that has moved since is made again
+    against the new one."""
     fingerprint = eval_set.fingerprint()
     for _ in range(MAX_ATTEMPTS):
         champion = registry.alias(CHAMPION)
         if champion == version:
             return already_champion(registry, reg, version)
-        held, why = None, ""
+        comparison, why = None, ""
         if champion is not None:
             try:
                 with tempfile.TemporaryDirectory(prefix="flame-gate-") as tmp:
-                    held = score_checkpoint(registry.download_checkpoint(champion, tmp), eval_set)
+                    champion_dir = registry.download_checkpoint(champion, tmp)
+                    comparison = compare(challenger, champion_dir, eval_set, reg.bootstrap_samples, reg.confidence,
+                                         reg.bootstrap_seed)
             except (FlameError, OSError) as exc:
                 why = str(exc)
-        d = decide(reg, version, challenger, champion, held, fingerprint, why)
-        if record(registry, d, expected_champion=champion, scores={version: challenger.score,
-                                                                   **({champion: held.score} if held else {})}):
+        d = decide(reg, version, challenger, champion, comparison, fingerprint, why)
+        scores = {version: challenger.score, **({champion: comparison.champion.score} if comparison else {})}
+        if record(registry, d, expected_champion=champion, scores=scores):
             return d
         log.info("champion moved from v%s while v%s was scored; scoring the new champion", champion, version)
     raise FlameError(f"{reg.model_name!r}: the champion kept changing while v{version} was gated "
@@ -226,17 +230,12 @@ def record(registry: Registry, d: Decision, *, expected_champion: str | None,
     """Record ``d`` on its version (tags, description) and, when promoted, move ``champion`` to
     it; only while ``champion`` is still ``expected_champion``, else nothing is written and False
     is returned. ``scores`` (version -> score on ``d.eval_set``) become ``flame.score.<fingerprint>``."""
-    if d.promoted and d.decision != "already-champion":
-        if not registry.compare_and_set(CHAMPION, expected_champion, d.version):
-            return False
-    elif registry.alias(CHAMPION) != expected_champion:
-        return False
-    if d.eval_set:
-        for version, score in (scores or {}).items():
-            registry.set_tags(version, {score_tag(d.eval_set): str(score)})
-    registry.set_tags(d.version, d.tags(), description=d.reason)
-    d.aliases = registry.aliases_of(d.version)
-    return True
+    other_tags = {v: {score_tag(d.eval_set): str(s)} for v, s in (scores or {}).items()} if d.eval_set else {}
+    tags = d.tags()
+    aliases = registry.record(d.version, tags, d.reason, champion_was=expected_champion,
+                              make_champion=d.promoted and d.decision != "already-champion", other_tags=other_tags)
+    d.aliases = aliases
+    return aliases is not None
 
 
 def promote(config: FlameConfig, version: str | int, tracking_uri: str | None = None) -> Decision:

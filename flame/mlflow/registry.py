@@ -190,6 +190,21 @@ class Registry:
             self.client.set_registered_model_tag(self.name, TAG_CHAMPION_HISTORY, json.dumps(history[-HISTORY_KEPT:]))
         return True
 
+    def record(self, version: str, tags: dict[str, str], description: str, *, champion_was: str | None,
+               make_champion: bool = False, other_tags: dict[str, dict[str, str]] | None = None) -> list[str] | None:
+        """Write ``tags`` and ``description`` on ``version`` (and ``other_tags`` on other versions),
+        with ``make_champion`` moving ``champion`` to it, all only while ``champion`` still holds
+        ``champion_was``: else nothing is written and None is returned. The version's aliases once written."""
+        if make_champion:
+            if not self.compare_and_set(CHAMPION, champion_was, version):
+                return None
+        elif self.alias(CHAMPION) != champion_was:
+            return None
+        for other, extra in (other_tags or {}).items():
+            self.set_tags(other, extra)
+        self.set_tags(version, tags, description)
+        return self.aliases_of(version)
+
     def history(self) -> list[str]:
         """The versions that held ``champion``, oldest first, as recorded (see ``reconciled_history``)."""
         if not self.exists():
