@@ -137,7 +137,7 @@ def training_inputs(config: FlameConfig, paths: StoragePaths, keys: list[str]) -
             problems.update({k: "not embedded with the current text configuration" for k in digests})
         else:
             problems.update({k: "not embedded" for k in digests if not store.has(k)})
-            for key, recorded in store.stale({k: d for k, d in digests.items() if store.has(k)}).items():
+            for key in store.stale({k: d for k, d in digests.items() if store.has(k)}):
                 problems[key] = "embedded from other bytes than its shard has now (it changed since)"
     if problems:
         listed = "; ".join(f"{k}: {why}" for k, why in sorted(problems.items()))
