@@ -233,7 +233,7 @@ def record(registry: Registry, d: Decision, *, expected_champion: str | None,
     other_tags = {v: {score_tag(d.eval_set): str(s)} for v, s in (scores or {}).items()} if d.eval_set else {}
     tags = d.tags()
     aliases = registry.record(d.version, tags, d.reason, champion_was=expected_champion,
-                              make_champion=d.promoted and d.decision != "already-champion", other_tags=other_tags)
+                              make_champion=d.promoted, other_tags=other_tags)
     d.aliases = aliases
     return aliases is not None
 
