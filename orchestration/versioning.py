@@ -52,15 +52,6 @@ def run_dvc(repo: str | Path, *args: str) -> str:
     return proc.stdout
 
 
-def ensure_remote(repo: str | Path, url: str | Path, name: str = "local") -> None:
-    """Make ``url`` (a path is taken relative to ``repo``) the default remote, in the
-    git-ignored ``.dvc/config.local``, so choosing a remote leaves the committed config alone."""
-    target = str(url)
-    if "://" not in target:
-        target = str((Path(repo) / target).resolve())
-    run_dvc(repo, "remote", "add", "--local", "--force", "--default", name, target)
-
-
 def is_dvc_repo(repo: str | Path) -> bool:
     return (Path(repo) / ".dvc").is_dir()
 

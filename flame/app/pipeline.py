@@ -100,7 +100,6 @@ def embed_data_shards(config: FlameConfig, paths: StoragePaths, keys: list[str],
 class ShardInput:
     key: str
     shard: Path
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -144,7 +143,7 @@ def training_inputs(config: FlameConfig, paths: StoragePaths, keys: list[str]) -
         raise FlameError(f"{len(problems)} of {len(keys)} data shards are not ready for training: {listed}")
     side = training_side(config, paths.shards, store.path if store else None)
     identity = training_identity(config, digests, side.text_fingerprint, side.source_fingerprint)
-    return TrainingInputs([ShardInput(k, paths.shard(k), d) for k, d in digests.items()], store, identity)
+    return TrainingInputs([ShardInput(k, paths.shard(k)) for k in digests], store, identity)
 
 
 @dataclass(frozen=True)
