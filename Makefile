@@ -9,7 +9,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install test test-fast demo clean help
+.PHONY: install test test-fast demo services services-down clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -35,6 +35,12 @@ test-fast: $(STAMP)  ## skip tests marked slow
 
 demo: $(STAMP)  ## run the whole pipeline on the bundled sample set; last line is a JSON summary
 	$(VENV)/bin/flame demo
+
+services: $(STAMP)  ## start PostgreSQL, an S3 endpoint and an MLflow server on 127.0.0.1 (tests marked services use them)
+	scripts/services.sh up
+
+services-down:  ## stop the servers `make services` started
+	scripts/services.sh down
 
 clean:  ## remove generated outputs (keeps .venv)
 	rm -rf outputs .pytest_cache

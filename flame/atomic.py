@@ -1,4 +1,6 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename."""
+"""Atomic file writes: write to a temporary file beside the target, then rename. A remote target
+(a ``UPath`` of an object store) is written locally and uploaded in one ``PUT``: readers see the
+object whole or not at all."""
 
 from __future__ import annotations
 
@@ -13,6 +15,13 @@ from typing import Any, Iterator
 @contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``target`` on success."""
+    if getattr(target, "protocol", "") not in ("", "file", "local"):
+        with tempfile.TemporaryDirectory(prefix="flame-upload-") as folder:
+            local = Path(folder) / target.name
+            local.touch()
+            yield local
+            target.fs.put_file(str(local), target.path)
+        return
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)

@@ -34,6 +34,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "train_summary.json"
 LOSS_PLOT_FILE = "loss.png"
 MLFLOW_RUN_FILE = "mlflow_run.json"
+MODEL_FILES = (WEIGHTS_FILE, CONFIG_FILE)  # what loading the model reads
 
 MODEL_FORMAT_VERSION = 1
 STATE_FORMAT_VERSION = 2

@@ -17,8 +17,22 @@ SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 NAMED_STORES = ("databricks", "databricks-uc", "uc")
 
 
+def is_url(value: str | os.PathLike) -> bool:
+    """Whether ``value`` names an object store (``s3://...``, ``gs://...``), not a local path."""
+    if getattr(value, "protocol", None) is not None:  # a UPath
+        return value.protocol not in ("", "file", "local")
+    if isinstance(value, Path):
+        return False
+    text = str(value)
+    scheme = urlparse(text).scheme
+    return "://" in text and len(scheme) > 1 and scheme != "file"
+
+
 def resolve_path(path: str | Path, base: str | Path) -> str:
-    """``path`` made absolute against ``base`` (``~`` expanded; an absolute path is kept)."""
+    """``path`` made absolute against ``base`` (``~`` expanded; an absolute path or an
+    object-store URL is kept)."""
+    if is_url(path):
+        return str(path)
     expanded = Path(path).expanduser()
     if expanded.is_absolute():
         return str(expanded)

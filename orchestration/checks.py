@@ -15,7 +15,9 @@ from dagster import (
 
 from flame import checkpoint
 from flame.mlflow.registry import CHAMPION, Registry
-from flame.text.store import EmbeddingStore
+from flame.app.pipeline import local_checkpoint
+from flame.locations import fetch_tree, is_remote, location
+from flame.text.store import META_FILE, SHARD_SUFFIX, EmbeddingStore
 from orchestration.lineage import upstream
 from orchestration.partitions import DATA_SHARDS
 from orchestration.resources import FlameConfigResource, MlflowResource
@@ -56,7 +58,8 @@ def embeddings_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
     key = context.partition_key
     meta = upstream(context, "caption_embeddings", key)
     downloaded = int(upstream(context, "image_shards", key)["success"])
-    store = EmbeddingStore.open(meta["store"])
+    folder = location(meta["store"])
+    store = EmbeddingStore.open(fetch_tree(folder, [META_FILE, f"{key}{SHARD_SUFFIX}"]) if is_remote(folder) else folder)
     report = store.validate()
     own_errors = [e for e in report["errors"] if e.startswith(f"{key}:") or e.startswith(f"{key}_")]
     keys, _ = store.read(key)
@@ -72,7 +75,7 @@ def embeddings_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
 @asset_check(asset="flame_model", blocking=True, description="The training loss went down.")
 def training_loss_decreased(context: AssetCheckExecutionContext) -> AssetCheckResult:
     meta = upstream(context, "flame_model")
-    summary = checkpoint.read_summary(meta["checkpoint"])
+    summary = checkpoint.read_summary(local_checkpoint(meta["checkpoint"], [checkpoint.SUMMARY_FILE]))
     losses = [float(x) for x in summary.get("losses") or []]
     if len(losses) >= 2:  # mean loss of the first epoch against the last
         first, last, basis = losses[0], losses[-1], "epoch mean"

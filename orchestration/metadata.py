@@ -7,6 +7,8 @@ from pathlib import Path
 from dagster import MetadataValue
 from PIL import Image
 
+from flame.locations import fetch, location
+
 # Dagster stores metadata in its event log; an inline plot is shrunk until it fits this.
 INLINE_IMAGE_BYTES = 150_000
 
@@ -23,7 +25,7 @@ def md_table(rows: list[dict]) -> str:
 
 def inline_png(path: str | Path, title: str = "") -> MetadataValue:
     """Markdown with the image at ``path`` embedded as a PNG data URI (downscaled to fit)."""
-    with Image.open(path) as image:
+    with Image.open(fetch(location(path))) as image:
         image = image.convert("RGB")
         width = min(image.width, 900)
         while True:
@@ -35,7 +37,7 @@ def inline_png(path: str | Path, title: str = "") -> MetadataValue:
             width = int(width * 0.75)
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
     heading = f"**{title}**\n\n" if title else ""
-    return MetadataValue.md(f"{heading}![{Path(path).name}](data:image/png;base64,{encoded})")
+    return MetadataValue.md(f"{heading}![{location(path).name}](data:image/png;base64,{encoded})")
 
 
 def mlflow_ui(tracking_uri: str, ui_url: str) -> str:

@@ -52,7 +52,7 @@ class StorageResource(ConfigurableResource):
 
     def paths(self, config: FlameConfig) -> StoragePaths:
         typed = self.root or os.environ.get("FLAME_STORAGE_ROOT")
-        return StoragePaths(Path(resolve_path(typed, Path.cwd()) if typed else config.orchestration.storage_root))
+        return StoragePaths(resolve_path(typed, Path.cwd()) if typed else config.orchestration.storage_root)
 
 
 def definition_config() -> FlameConfig:

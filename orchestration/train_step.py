@@ -15,13 +15,13 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
 
 from flame.app import pipeline
 from flame.config import ConfigError, load_config
 from flame.errors import FlameError
+from flame.locations import location
 from flame.tracking import NullTracker
 
 SUMMARY_KEYS = ("checkpoint", "training_id", "steps", "epochs", "samples", "images_per_sec", "first_loss",
@@ -43,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestration.train_step", description=__doc__.splitlines()[0])
     p.add_argument("--config", default=None, help="path to params.yaml")
     p.add_argument("--profile", default=None, help="configuration profile")
-    p.add_argument("--training-set", required=True, help="the training set folder (shards/ and embeddings/<fingerprint>/)")
+    p.add_argument("--training-set", required=True, help="the training set folder or URL (shards/ and embeddings/<fingerprint>/)")
     p.add_argument("--training-id", required=True, help="the training's identity, as the asset computed it")
-    p.add_argument("--out", required=True, help="checkpoint folder (continued when it holds this training)")
+    p.add_argument("--out", required=True, help="checkpoint folder or URL (continued when it holds this training)")
     p.add_argument("--overrides-json", default="{}",
                    help='JSON object merged over the profile, e.g. \'{"train": {"epochs": 5, "seed": 1}}\'')
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: config.tracking.tracking_uri)")
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace, pipes=None) -> dict:
         overrides["tracking"] = {**overrides.get("tracking", {}), "tracking_uri": args.tracking_uri}
     config = load_config(args.config, args.profile, overrides=overrides)
     start = time.monotonic()
-    summary = pipeline.train(config, pipeline.TrainingSet(Path(args.training_set)), args.out, args.training_id,
+    summary = pipeline.train(config, pipeline.TrainingSet(location(args.training_set)), args.out, args.training_id,
                              tags=_json_object(args.tags_json, "--tags-json"), run_name=args.run_name,
                              trackers=(PipesTracker(pipes),) if pipes is not None else ())
     meta = {k: summary[k] for k in SUMMARY_KEYS if summary.get(k) is not None}

@@ -12,6 +12,12 @@ A run whose configuration is not the repository's own (another params file or pr
 storage root outside ``data/``) has nothing dvc.yaml describes: it is not recorded, and its tag
 ``dvc.unversioned`` says why (``why_unversioned``).
 
+A storage root in object storage (``s3://...``) is outside what dvc.yaml describes: there, the
+training set each training reads is versioned by itself (``record_training_set``): its files go
+straight from the bucket to the DVC remote (``dvc add --to-remote``), which must then be in object
+storage too, and its hash is the tag ``dvc.data/training_sets/<training id>``. Nothing is written
+in the repository; another machine pulls it by that hash.
+
 DVC runs as its CLI in the repository with ``--wait-for-lock``, so concurrent callers queue on
 DVC's own lock.
 """
@@ -23,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -30,6 +37,7 @@ import yaml
 from flame.atomic import write_text
 from flame.config import FlameConfig, read_params, repo_root, resolved_yaml
 from flame.errors import FlameError
+from flame.locations import is_remote, is_url
 
 # The stages a Dagster run records, by what it has made: the data before a training, the model after it.
 DATA_STAGES = ("config", "shards", "embeddings")
@@ -63,6 +71,8 @@ def why_unversioned(repo: str | Path, config: FlameConfig, params_file: str | Pa
     repo = Path(repo).resolve()
     if not is_dvc_repo(repo):
         return f"{repo} is not a DVC repository"
+    if is_remote(storage_root):
+        return f"the storage root {storage_root} is in object storage; dvc.yaml describes {repo / STORAGE_ROOT}"
     if Path(params_file).resolve() != repo / "params.yaml":
         return f"the configuration {params_file} is not the repository's params.yaml, which dvc.yaml reads"
     default = read_params(repo / "params.yaml").get("profile")
@@ -158,12 +168,45 @@ def record_and_tag(repo: str | Path, config: FlameConfig, params_file: str | Pat
     return lineage_tags(repo, tag_paths)
 
 
+def default_remote_url(repo: str | Path) -> str:
+    """The URL of the repository's default DVC remote (an error when there is none)."""
+    try:
+        name = run_dvc(repo, "remote", "default").strip()
+        return run_dvc(repo, "config", f"remote.{name}.url").strip()
+    except FlameError:
+        raise FlameError(f"{repo}: no default DVC remote (dvc remote add -d NAME s3://bucket/prefix)") from None
+
+
+def record_training_set(repo: str | Path, training_set: str, training_id: str) -> dict[str, str]:
+    """Version the training set at the object-store URL ``training_set``: its files sent straight
+    to the repository's default DVC remote, from a scratch DVC project that shares only that
+    remote. Returns the lineage tags: the git commit and ``dvc.data/training_sets/<training id>``."""
+    sha, dirty = git_commit(repo)
+    tags = {"git.commit": sha, "git.dirty": str(dirty).lower()}
+    remote = default_remote_url(repo) if is_dvc_repo(repo) else ""
+    if not is_url(remote):
+        why = (f"the DVC remote {remote or '(none)'} of {repo} is not in object storage, where the training set "
+               f"{training_set} is: dvc remote add -d NAME s3://bucket/prefix")
+        return {**tags, UNVERSIONED_TAG: why}
+    name = f"{STORAGE_ROOT}/training_sets/{training_id}"
+    with tempfile.TemporaryDirectory(prefix="flame-dvc-") as scratch:
+        run_dvc(scratch, "init", "--no-scm", "--quiet")
+        run_dvc(scratch, "remote", "add", "--default", "origin", remote)
+        run_dvc(scratch, "add", "--quiet", str(training_set), "--to-remote", "--out", training_id)
+        out = yaml.safe_load((Path(scratch) / f"{training_id}.dvc").read_text(encoding="utf-8"))["outs"][0]
+    return {**tags, f"dvc.{name}": out["md5"]}
+
+
 def pull(repo: str | Path, md5: str, dest: str) -> Path:
     """Fetch the data DVC recorded with hash ``md5`` from the default remote into
     ``repo/dest`` (through a pointer file ``dest.dvc`` written beside it): how another machine
     gets exactly the data a model version names (its ``dvc.<path>`` tag)."""
     repo = Path(repo)
     pointer = repo / f"{dest}.dvc"
+    ignored = subprocess.run(["git", "check-ignore", "-q", f"{dest}.dvc"], cwd=repo).returncode == 0
+    if ignored:
+        raise FlameError(f"{dest} is in a folder git ignores, where DVC refuses pointer files; "
+                         "pull into another folder (e.g. --dest pulled/<name>)")
     pointer.parent.mkdir(parents=True, exist_ok=True)
     pointer.write_text(yaml.safe_dump({"outs": [{"md5": md5, "hash": "md5", "path": Path(dest).name}]}), encoding="utf-8")
     run_dvc(repo, "pull", "--quiet", str(pointer.relative_to(repo)))

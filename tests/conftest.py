@@ -14,4 +14,5 @@ pytest_plugins = [
     "tests.fixtures.evaluation",
     "tests.fixtures.orchestration",
     "tests.fixtures.tracking",
+    "tests.fixtures.services",
 ]

@@ -15,10 +15,7 @@ fresh clone whose params.yaml has a small profile as its default, on a fresh ``D
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,65 +23,10 @@ import pytest
 from flame.config import resolved_yaml
 from tests.fixtures.clone import clone_env, dvc_status, git, make_clone, only_pointer_files, status_lines
 from tests.fixtures.orchestration import INSTANCE_CONFIG, TEST_PROFILE, write_params, write_slice
-from tests.fixtures.tracking import free_port
+from tests.fixtures.dagster_dev import (DRY_RUN, LAUNCH, LOCATIONS, PIPELINE, RUN_STATUS, graphql, materialize_all,
+                                        running_dagster_dev, wait_for)
 
 pytestmark = pytest.mark.slow
-
-PIPELINE = ["manifest", "image_shards", "caption_embeddings", "flame_model", "evaluation", "registered_model"]
-BACKFILL = """
-mutation Backfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message stack }
-    ... on InvalidSubsetError { message }
-    ... on UnauthorizedError { message }
-  }
-}"""
-BACKFILL_STATUS = """
-query Status($id: String!) {
-  partitionBackfillOrError(backfillId: $id) { __typename ... on PartitionBackfill { status } }
-}"""
-LOCATIONS = """{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"""
-DRY_RUN = """
-mutation DryRun($selector: ScheduleSelector!, $timestamp: Float) {
-  scheduleDryRun(selectorData: $selector, timestamp: $timestamp) {
-    __typename
-    ... on DryRunInstigationTick { evaluationResult { skipReason runRequests { runKey } error { message } } }
-    ... on PythonError { message }
-  }
-}"""
-LAUNCH = """
-mutation Launch($params: ExecutionParams!) {
-  launchRun(executionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-  }
-}"""
-RUN_STATUS = """query Status($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }"""
-BACKFILL_DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
-
-
-def graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    body = json.dumps({"query": query, "variables": variables or {}}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        out = json.loads(response.read())
-    assert "errors" not in out, out
-    return out["data"]
-
-
-def wait_for(what: str, check, timeout: float, log: Path, every: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n--- dagster dev log ---\n{log.read_text()[-4000:]}")
 
 
 @pytest.fixture
@@ -118,34 +60,10 @@ def fresh(orchestration_env, tmp_path, monkeypatch):
 
 @pytest.fixture
 def dagster_dev(fresh):
-    port = free_port()
-    log = fresh["tmp"] / "dagster-dev.log"
-    bin_dir = Path(sys.executable).parent
     environment = {**clone_env(fresh["clone"]), **{k: os.environ[k] for k in
                                                    ("DAGSTER_HOME", "FLAME_STORAGE_ROOT", "MLFLOW_TRACKING_URI", "FLAME_CONFIG")}}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(bin_dir / "dagster"), "dev", "-m", "orchestration.definitions",
-                                 "-h", "127.0.0.1", "-p", str(port)],
-                                env=environment, stdout=out, stderr=subprocess.STDOUT, cwd=str(fresh["clone"]),
-                                start_new_session=True)
-    try:
-        def up():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5):
-                    return True
-            except OSError:
-                assert proc.poll() is None, log.read_text()[-4000:]
-                return False
-
-        wait_for("the webserver", up, 180, log)
-        yield {"port": port, "log": log}
-    finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(timeout=10)
+    with running_dagster_dev(fresh["clone"], environment, fresh["tmp"] / "dagster-dev.log") as server:
+        yield server
 
 
 def run_job(port: int, repo: dict, job: str, run_config: dict, log: Path) -> str:
@@ -196,12 +114,7 @@ def test_fresh_instance_materialize_all_then_skip_then_retrain_on_new_data(fresh
         assert sorted(keys) == ["slice-00000", "slice-00001"]
 
         # 2. "Materialize all": one backfill of every asset over all partitions.
-        launched = graphql(port, BACKFILL, {"params": {
-            "assetSelection": [{"path": [key]} for key in PIPELINE], "allPartitions": True}})["launchPartitionBackfill"]
-        assert launched["__typename"] == "LaunchBackfillSuccess", launched
-        status = wait_for("the backfill", lambda: (s := graphql(port, BACKFILL_STATUS, {"id": launched["backfillId"]})
-                                                   ["partitionBackfillOrError"]["status"]) in BACKFILL_DONE and s,
-                          900, log, every=5)
+        status = materialize_all(port, log)
         assert status in ("COMPLETED", "COMPLETED_SUCCESS"), status
         for key in PIPELINE:
             assert _materializations(instance, key), key

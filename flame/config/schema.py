@@ -241,6 +241,10 @@ class TrackingConfig(_Section):
     # Where links to runs and model versions point when tracking_uri is not a server (a local
     # sqlite store is browsed with `mlflow ui`, which listens here by default).
     ui_url: str = "http://127.0.0.1:5000"
+    # Where new experiments keep their artifacts (s3://bucket/prefix). Needed with a direct database
+    # tracking URI (postgresql+psycopg2://...), where MLflow's default is each process's own
+    # ./mlruns; an MLflow server (--artifacts-destination) decides it itself.
+    artifact_location: str | None = None
 
 
 class RegistryConfig(_Section):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import threading
 import time
@@ -28,21 +27,24 @@ from flame.data.img2dataset_run import run_img2dataset
 from flame.data.manifest import Manifest, load_manifest, write_img2dataset_input
 from flame.digest import sha256_text
 from flame.errors import FlameError
+from flame.locations import Location, fetch, location, remove_tree
 
 __all__ = ["STATE_FILE", "SUMMARY_FILE", "download_shards", "format_summary"]
 
 log = logging.getLogger(__name__)
 
 
-def _remove_partial_shards(out_dir: Path) -> list[str]:
+def _remove_partial_shards(out_dir: Location) -> list[str]:
     done = set(complete_shards(out_dir))
     removed = []
+    if not out_dir.is_dir():  # an object-store prefix nothing was written under yet
+        return removed
     for path in sorted(out_dir.iterdir()):
         stem = path.name.split(".")[0]
         if path.suffix in (".tar", ".parquet") and stem.isdigit() and stem not in done:
             path.unlink()
             removed.append(path.name)
-    shutil.rmtree(out_dir / "_tmp", ignore_errors=True)
+    remove_tree(out_dir / "_tmp")
     return removed
 
 
@@ -58,7 +60,7 @@ def _fingerprint(manifest: Manifest, data_config) -> str:
     return sha256_text(json.dumps(_settings(data_config), sort_keys=True) + rows)
 
 
-def _check_state(out_dir: Path, fingerprint: str, overwrite: bool) -> None:
+def _check_state(out_dir: Location, fingerprint: str, overwrite: bool) -> None:
     """Refuse to resume into shards made from another manifest or other settings."""
     state_path = out_dir / STATE_FILE
     has_shards = any(out_dir.glob("*.tar")) or any(out_dir.glob("*_stats.json"))
@@ -66,7 +68,7 @@ def _check_state(out_dir: Path, fingerprint: str, overwrite: bool) -> None:
         for pattern in ("*.tar", "*.parquet", "*_stats.json", SUMMARY_FILE, STATE_FILE):
             for p in out_dir.glob(pattern):
                 p.unlink()
-        shutil.rmtree(out_dir / "_tmp", ignore_errors=True)
+        remove_tree(out_dir / "_tmp")
         return
     if not has_shards:
         return
@@ -81,7 +83,7 @@ def _check_state(out_dir: Path, fingerprint: str, overwrite: bool) -> None:
 class _Progress:
     """A tqdm bar over images, advanced as shards complete (img2dataset reports no finer)."""
 
-    def __init__(self, out_dir: Path, total: int, already: int, enabled: bool):
+    def __init__(self, out_dir: Location, total: int, already: int, enabled: bool):
         self.out_dir = out_dir
         self.bar = tqdm(total=total, initial=already, unit="img", desc="download", disable=not enabled)
         self.seen = set(complete_shards(out_dir))
@@ -117,14 +119,15 @@ class _Progress:
 def download_shards(manifest_path: str | Path, out_dir: str | Path, data_config, overwrite: bool = False,
                     progress: bool = True) -> dict:
     """Download a manifest into webdataset shards (resumable); returns the summary that is
-    also written to ``out_dir/download_summary.json``.
+    also written to ``out_dir/download_summary.json``. ``out_dir`` may be an object-store URL:
+    img2dataset then writes the shards there itself.
 
     img2dataset starts its workers with multiprocessing's "spawn": a script calling this
     needs the usual ``if __name__ == "__main__":`` guard."""
     started = time.time()
-    manifest_path = Path(manifest_path)
-    out_dir = Path(out_dir)
-    manifest = load_manifest(manifest_path, data_config.url_col, data_config.caption_col)
+    manifest_path = location(manifest_path)
+    out_dir = location(out_dir)
+    manifest = load_manifest(fetch(manifest_path), data_config.url_col, data_config.caption_col)
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(manifest, data_config)
     _check_state(out_dir, fingerprint, overwrite)
@@ -147,7 +150,7 @@ def download_shards(manifest_path: str | Path, out_dir: str | Path, data_config,
             write_img2dataset_input(manifest, input_parquet)
             with _Progress(out_dir, len(manifest.rows), already, progress):
                 run_img2dataset(input_parquet, out_dir, data_config, extra_columns)
-        shutil.rmtree(out_dir / "_tmp", ignore_errors=True)
+        remove_tree(out_dir / "_tmp")
     missing = sorted(set(expected) - set(complete_shards(out_dir)))
     if missing:
         raise FlameError(

@@ -2,7 +2,8 @@
 
 img2dataset writes, per shard ``NNNNN``: ``NNNNN.tar`` (the samples), ``NNNNN.parquet`` (each
 sample's status and error) and, last, ``NNNNN_stats.json``; a shard counts as complete only once
-its stats file exists. Ours beside them: the summary and the resume state."""
+its stats file exists. Ours beside them: the summary and the resume state. The folder may be
+an object-store URL (``flame.locations``): img2dataset writes there through fsspec."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import math
 from pathlib import Path
 
 from flame.data.shards import DOWNLOAD_STATE_FILE
+from flame.locations import location
 
 SUMMARY_FILE = "download_summary.json"
 STATE_FILE = DOWNLOAD_STATE_FILE
@@ -22,5 +24,5 @@ def shard_names(n_rows: int, per_shard: int) -> list[str]:
 
 def complete_shards(out_dir: str | Path) -> list[str]:
     """Names of the shards whose stats file exists (img2dataset finished them)."""
-    out_dir = Path(out_dir)
+    out_dir = location(out_dir)
     return sorted(p.name[: -len("_stats.json")] for p in out_dir.glob("*_stats.json"))

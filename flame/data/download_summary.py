@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from flame.locations import fetch, location
 from flame.data.download_layout import complete_shards
 
 EXAMPLES_PER_REASON = 5
@@ -37,13 +38,13 @@ def failure_reason(error_message: str | None) -> str:
 
 def summarize(out_dir: str | Path, manifest_path: str | Path | None = None, skipped: dict | None = None) -> dict:
     """Success rate and failures by reason (with example URLs) over all complete shards."""
-    out_dir = Path(out_dir)
+    out_dir = location(out_dir)
     total = success = 0
     failures: dict[str, int] = {}
     examples: dict[str, list[dict]] = {}
     shards = complete_shards(out_dir)
     for name in shards:
-        table = pq.read_table(out_dir / f"{name}.parquet", columns=["url", "key", "status", "error_message"])
+        table = pq.read_table(fetch(out_dir / f"{name}.parquet"), columns=["url", "key", "status", "error_message"])
         for row in table.to_pylist():
             total += 1
             if row["status"] == "success":

@@ -222,7 +222,7 @@ def log_flame_model(config: FlameConfig, checkpoint_dir: str | Path, run_id: str
     client = connect(config, uri)
     was_running = run_id is not None and client.get_run(run_id).info.status == "RUNNING"
     if run_id is None:  # a run of its own, made without touching MLflow's process-wide active experiment
-        run_id = client.create_run(get_or_create_experiment(client, experiment_name(config))).info.run_id
+        run_id = client.create_run(get_or_create_experiment(client, experiment_name(config), config.tracking.artifact_location)).info.run_id
     with using_tracking_uri(uri), tempfile.TemporaryDirectory(prefix="flame-model-") as tmp:
         staging = Path(tmp)
         with mlflow.start_run(run_id=run_id):

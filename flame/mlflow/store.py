@@ -106,7 +106,39 @@ def connect(config: FlameConfig, tracking_uri: str | None = None, must_exist: bo
     if must_exist:
         require_store(uri, "tracking URI" if tracking_uri else "tracking.tracking_uri")
     check_tracking_uri(uri, config.tracking.connect_timeout)
+    check_shared_artifacts(uri, config.tracking.artifact_location)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+# Database backends a tracking URI may name directly (SQLite aside: a local file, not shared).
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+
+
+def check_shared_artifacts(uri: str, artifact_location: str | None) -> None:
+    """Refuse a direct database tracking URI whose artifacts would stay on this machine: runs in
+    a shared database with their files in each process's ``./mlruns`` are half visible anywhere
+    else. Such a URI also names its driver: SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3."""
+    scheme = urlparse(uri).scheme.lower()
+    dialect, _, driver = scheme.partition("+")
+    if dialect not in DATABASE_SCHEMES:
+        return
+    if not driver:
+        raise FlameError(f"MLflow tracking URI {redact(uri)}: name the database driver, e.g. "
+                         f"{dialect}+psycopg2://... (SQLAlchemy 2.1 maps a bare {dialect}:// to another driver)")
+    if not artifact_location or "://" not in artifact_location or artifact_location.startswith("file:"):
+        raise FlameError(
+            f"MLflow tracking URI {redact(uri)} is a database shared by every machine, but the artifacts (models, "
+            f"plots) would stay on each machine's disk ({artifact_location or './mlruns'}): run an MLflow server "
+            "(mlflow server --backend-store-uri ... --artifacts-destination s3://bucket/prefix) and set "
+            "tracking.tracking_uri to its http:// URL, or set tracking.artifact_location to s3://bucket/prefix")
+
+
+def redact(uri: str) -> str:
+    """``uri`` without its password."""
+    parsed = urlparse(uri)
+    if parsed.password:
+        return uri.replace(f":{parsed.password}@", ":***@", 1)
+    return uri
 
 
 @contextmanager
@@ -128,19 +160,23 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
 ARTIFACTS_FOLDER = "mlartifacts"
 
 
-def artifact_location(tracking_uri: str, experiment: str) -> str | None:
-    """Where a new experiment of a SQLite store keeps its artifacts: ``mlartifacts/<name>``
-    beside the database (MLflow's default would be ``./mlruns`` of the current folder).
-    None (the store's own default) for servers and file stores."""
+def artifact_location(tracking_uri: str, experiment: str, root: str | None = None) -> str | None:
+    """Where a new experiment keeps its artifacts: ``root/<name>`` when ``root`` is set
+    (``tracking.artifact_location``); for a SQLite store, ``mlartifacts/<name>`` beside the
+    database (MLflow's default would be ``./mlruns`` of the current folder). None (the store's
+    own default) for servers and file stores."""
+    safe_name = re.sub(r"[^\w.\-]", "_", experiment)
+    if root:
+        return f"{root.rstrip('/')}/{safe_name}"
     if not tracking_uri.startswith(SQLITE_PREFIX):
         return None
     db = local_store(tracking_uri)
     if db is None:
         return None
-    return (db.parent / ARTIFACTS_FOLDER / re.sub(r"[^\w.\-]", "_", experiment)).as_uri()
+    return (db.parent / ARTIFACTS_FOLDER / safe_name).as_uri()
 
 
-def get_or_create_experiment(client, name: str) -> str:
+def get_or_create_experiment(client, name: str, artifact_root: str | None = None) -> str:
     """The id of experiment ``name``, created if missing (its artifacts beside a SQLite
     store, see ``artifact_location``); safe when two processes race."""
     from mlflow.exceptions import MlflowException
@@ -151,7 +187,7 @@ def get_or_create_experiment(client, name: str) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name, artifact_root))
     except MlflowException:
         exp = client.get_experiment_by_name(name)
         if exp is None:

@@ -52,7 +52,7 @@ class MlflowTracker:
             if tags:
                 self.set_tags(tags)
             return
-        self.experiment_id = get_or_create_experiment(self.client, experiment_name(config))
+        self.experiment_id = get_or_create_experiment(self.client, experiment_name(config), config.tracking.artifact_location)
         base_tags = {"flame.profile": config.profile}
         base_tags.update(tags or {})
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=base_tags)

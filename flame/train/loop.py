@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -45,19 +45,23 @@ def run_training(
     epochs: int | None = None,
     resume: bool = False,
     tracker: Tracker | None = None,
+    on_checkpoint: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or with ``resume`` continue) a FlameModel; returns the summary written to
     ``out_dir/train_summary.json`` (``checkpoint``, ``losses`` per epoch, ...).
 
     ``epochs`` is where to stop (default ``train.epochs``); the LR schedule spans
     ``max(epochs, train.epochs)`` epochs, so a run stopped early and resumed follows the
-    same schedule as an uninterrupted one. With ``text.mode: clip`` (the CLIP baseline) a text
+    same schedule as an uninterrupted one. ``on_checkpoint`` is called on rank 0 after each save
+    (e.g. to publish the folder to object storage). With ``text.mode: clip`` (the CLIP baseline) a text
     tower is trained jointly on the shards' raw captions and ``embeddings_dir`` is not used.
     """
     ctx = init_distributed()
     try:
         mode = training_side(config, shards_dir, embeddings_dir)
-        return _Trainer(config, mode, Path(shards_dir), Path(out_dir), epochs, resume, tracker, ctx).run()
+        trainer = _Trainer(config, mode, Path(shards_dir), Path(out_dir), epochs, resume, tracker, ctx)
+        trainer.on_checkpoint = on_checkpoint
+        return trainer.run()
     finally:
         cleanup(ctx)
 
@@ -75,6 +79,7 @@ class _Trainer:
         self.target_epochs = epochs or self.cfg.epochs
         self.resume = resume
         self.external_tracker = tracker
+        self.on_checkpoint: Callable[[], None] | None = None
         self.loss_fn = get_loss(self.cfg.loss)
         self.precision = resolve_precision(self.cfg.precision, ctx.device)
 
@@ -292,6 +297,8 @@ class _Trainer:
                 "horizon_epochs": self.horizon_epochs,
                 **self.identity.record(),
             }, training_id=self.identity.id)
+            if self.on_checkpoint is not None:
+                self.on_checkpoint()
         barrier(self.ctx)
 
     def _summary(self, timing: dict, resumed_from: int | None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from flame import checkpoint
 from flame.atomic import atomic_path, write_json
@@ -31,6 +31,7 @@ def train_tracked(
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
     trackers: tuple[Tracker, ...] = (),
+    on_checkpoint: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Train as ``run_training`` does, logging to the console, to ``trackers`` and, with
     ``tracking``, to the MLflow run of ``out_dir`` at ``tracking.tracking_uri`` (its ``tags``
@@ -43,7 +44,8 @@ def train_tracked(
         mlflow_tracker = _run_of_folder(config, out, run_name, tags or {})
     tracker = MultiTracker(ConsoleTracker(config.train.log_every_steps), *trackers, mlflow_tracker)
     try:
-        summary = run_training(config, shards_dir, embeddings_dir, out, epochs=epochs, resume=resume, tracker=tracker)
+        summary = run_training(config, shards_dir, embeddings_dir, out, epochs=epochs, resume=resume, tracker=tracker,
+                               on_checkpoint=on_checkpoint)
     except BaseException as exc:
         if mlflow_tracker is not None:
             mlflow_tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

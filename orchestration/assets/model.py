@@ -38,7 +38,7 @@ from orchestration.metadata import inline_png, md_table, mlflow_run_url, mlflow_
 from orchestration.partitions import DATA_SHARDS
 from orchestration.pools import TRAIN_POOL
 from orchestration.resources import FlameConfigResource, MlflowResource, StorageResource, runtime_config
-from orchestration.versioning import DATA_STAGES, MODEL_STAGES, record_and_tag
+from orchestration.versioning import DATA_STAGES, MODEL_STAGES, record_and_tag, record_training_set
 
 MODEL_GROUP = "model"
 # Eager, and never past a failed blocking check of an asset it reads (Dagster's own gate).
@@ -106,9 +106,13 @@ def flame_model_asset(config: FlameConfig) -> AssetsDefinition:
         inputs = pipeline.training_inputs(settings, paths, context.instance.get_dynamic_partitions(DATA_SHARDS.name))
         training_id = inputs.identity.id
         out = paths.model(training_id)
-        with exclusive(paths.models / f"{training_id}.lock", f"run {context.run_id}", f"checkpoint folder {out}"):
+        with exclusive(paths.models / f"{training_id}.lock", f"run {context.run_id}", f"checkpoint folder {out}",
+                       is_stale=lambda holder: run_has_ended(context.instance, holder)):
             training_set = pipeline.assemble_training_set(inputs, paths)
-            versions = record_and_tag(params.parent, settings, params, paths.root, DATA_STAGES, DATA_PATHS)
+            if paths.remote:
+                versions = record_training_set(params.parent, str(training_set.root), training_id)
+            else:
+                versions = record_and_tag(params.parent, settings, params, paths.root, DATA_STAGES, DATA_PATHS)
             context.log.info(f"training {training_id} on {len(inputs.shards)} data shards into {out}; data {versions}")
             command = _launcher(settings) + [
                 "-m", "orchestration.train_step", "--config", str(params), "--profile", settings.profile,
@@ -128,7 +132,7 @@ def flame_model_asset(config: FlameConfig) -> AssetsDefinition:
         meta["training_set"] = MetadataValue.path(str(training_set.root))
         meta["data_versions"] = MetadataValue.json(versions)
         meta["checkpoint"] = MetadataValue.path(str(out))
-        if (out / checkpoint.LOSS_PLOT_FILE).is_file():
+        if (out / checkpoint.LOSS_PLOT_FILE).exists():
             meta["loss_plot"] = inline_png(out / checkpoint.LOSS_PLOT_FILE, "training loss per epoch")
         return MaterializeResult(metadata=meta)
 
@@ -171,6 +175,13 @@ def evaluation_asset(config: FlameConfig) -> AssetsDefinition:
     return evaluation
 
 
+def run_has_ended(instance, holder: str) -> bool:
+    """Whether the lock ``holder`` ("run <id>") is a Dagster run of ``instance`` that has ended."""
+    run_id = holder.removeprefix("run ").strip()
+    run = instance.get_run_by_id(run_id) if run_id else None
+    return run is not None and run.is_finished
+
+
 def _number(value) -> float:
     return float("nan") if value is None else float(value)
 
@@ -190,8 +201,11 @@ def registered_model(context: AssetExecutionContext, flame_config: FlameConfigRe
         raise FlameError(f"the evaluation (run {scored['upstream_run_id']}) is not of the model trained in run "
                          f"{trained['upstream_run_id']}; materialise evaluation first")
     params = flame_config.params_file()
-    lineage = record_and_tag(params.parent, settings, params, storage.paths(settings).root, MODEL_STAGES,
-                             TRAINING_SET_PATHS)
+    paths = storage.paths(settings)
+    if paths.remote:  # versioned with the training set it read (record_training_set)
+        lineage = dict(trained.get("data_versions") or {})
+    else:
+        lineage = record_and_tag(params.parent, settings, params, paths.root, MODEL_STAGES, TRAINING_SET_PATHS)
     run_id = trained.get("mlflow_run_id")
     decision = pipeline.register(settings, trained["checkpoint"], training_id=trained["training_id"], run_id=run_id,
                                  lineage=lineage)
