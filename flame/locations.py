@@ -75,14 +75,10 @@ def copy_file(src: Location, dst: Location) -> None:
         src.fs.copy(src.path, dst.path)
     elif is_remote(dst):
         publish(fetch(src), dst)
-    elif is_remote(src):
-        with atomic_path(dst, suffix=Path(dst).suffix) as tmp:
-            tmp.unlink()
-            link_or_copy(fetch(src), tmp)
     else:
         with atomic_path(dst, suffix=Path(dst).suffix) as tmp:
             tmp.unlink()
-            link_or_copy(src, tmp)
+            link_or_copy(fetch(src), tmp)
 
 
 # ---- remote -> local ------------------------------------------------------------------------
