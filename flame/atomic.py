@@ -11,11 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from flame.paths import is_url
+
 
 @contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``target`` on success."""
-    if getattr(target, "protocol", "") not in ("", "file", "local"):
+    if is_url(target):
         with tempfile.TemporaryDirectory(prefix="flame-upload-") as folder:
             local = Path(folder) / target.name
             local.touch()

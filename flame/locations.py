@@ -31,20 +31,12 @@ from flame.paths import is_url
 Location = Path  # a pathlib.Path, or a upath.UPath (a Path subclass) for a URL
 
 
-def is_remote(path: os.PathLike | str) -> bool:
-    """Whether ``path`` is a remote ``UPath`` (or a URL string)."""
-    protocol = getattr(path, "protocol", None)
-    if protocol is not None:
-        return protocol not in ("", "file", "local")
-    return isinstance(path, str) and is_url(path)
-
-
 def location(value: str | os.PathLike) -> Location:
     """``value`` as a path object: a ``UPath`` for a URL (listings never cached, since other
     processes write there too), else a ``pathlib.Path``."""
-    if is_remote(value) and not isinstance(value, str):
-        return value  # already a UPath
     if is_url(value):
+        if not isinstance(value, str):
+            return value  # already a UPath
         from upath import UPath  # fsspec and its store are loaded only when a URL is used
 
         return UPath(str(value), use_listings_cache=False)
@@ -53,7 +45,7 @@ def location(value: str | os.PathLike) -> Location:
 
 def remove_tree(path: Location) -> None:
     """Remove the folder ``path`` and everything under it; nothing when it is not there."""
-    if is_remote(path):
+    if is_url(path):
         if path.exists():
             path.fs.rm(path.path, recursive=True)
     else:
@@ -62,7 +54,7 @@ def remove_tree(path: Location) -> None:
 
 def files_under(root: Location) -> list[str]:
     """The relative names of the files under ``root`` (all depths), sorted."""
-    if is_remote(root):
+    if is_url(root):
         base = root.path.rstrip("/")
         return sorted(name[len(base) + 1:] for name in root.fs.find(base))
     root = Path(root)
@@ -71,9 +63,9 @@ def files_under(root: Location) -> list[str]:
 
 def copy_file(src: Location, dst: Location) -> None:
     """``src`` at ``dst``: a server-side copy within one store, a hard link (or copy) locally."""
-    if is_remote(src) and is_remote(dst) and src.protocol == dst.protocol:
+    if is_url(src) and is_url(dst) and src.protocol == dst.protocol:
         src.fs.copy(src.path, dst.path)
-    elif is_remote(dst):
+    elif is_url(dst):
         publish(fetch(src), dst)
     else:
         with atomic_path(dst, suffix=Path(dst).suffix) as tmp:
@@ -99,7 +91,7 @@ def content_tag(path: Location) -> str:
 def fetch(path: Location) -> Path:
     """A local file with ``path``'s bytes: the path itself when local, else its copy in the
     cache, downloaded once per content tag. Treat it as read-only: it is shared."""
-    if not is_remote(path):
+    if not is_url(path):
         return Path(path)
     target = cache_dir("objects") / content_tag(path) / path.name
     if not target.is_file():
@@ -111,7 +103,7 @@ def fetch(path: Location) -> Path:
 def fetch_tree(root: Location, names: list[str] | None = None) -> Path:
     """A local folder with the files ``names`` (default: all) under ``root``, each a link to its
     cached copy: ``root`` itself when local. Read-only, like ``fetch``'s files."""
-    if not is_remote(root):
+    if not is_url(root):
         return Path(root)
     names = files_under(root) if names is None else names
     cached = {name: fetch(root / name) for name in names}
@@ -146,7 +138,7 @@ def copy_tree_to_local(root: Location, dest: Path) -> None:
 
 def publish(local: str | Path, dst: Location) -> None:
     """The local file ``local`` at ``dst``, whole or not at all."""
-    if is_remote(dst):
+    if is_url(dst):
         dst.fs.put_file(str(local), dst.path)
     else:
         copy_file(Path(local), dst)
@@ -164,19 +156,18 @@ def publish_tree(local_dir: Path, dst: Location, names: list[str] | None = None)
 def staged_file(dst: Location) -> Iterator[Path]:
     """A local path named as ``dst`` to write (atomically, as every writer here does); on success
     it is uploaded to a remote ``dst``. A local ``dst`` is written in place."""
-    if not is_remote(dst):
+    if not is_url(dst):
         yield Path(dst)
         return
-    with tempfile.TemporaryDirectory(prefix="flame-stage-") as tmp:
-        yield Path(tmp) / dst.name
-        publish(Path(tmp) / dst.name, dst)
+    with atomic_path(dst) as local:
+        yield local
 
 
 @contextmanager
 def staged_dir(dst: Location) -> Iterator[Path]:
     """A local folder to write into; on success its files are at ``dst`` (a local ``dst`` is
     written in place)."""
-    if not is_remote(dst):
+    if not is_url(dst):
         Path(dst).mkdir(parents=True, exist_ok=True)
         yield Path(dst)
         return

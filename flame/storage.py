@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flame.locations import Location, is_remote, location
+from flame.locations import Location, is_url, location
 
 SHARD_SUFFIXES = (".tar", ".parquet", "_stats.json")
 EVALUATION_FILE = "evaluation.json"
@@ -40,7 +40,7 @@ class StoragePaths:
 
     @property
     def remote(self) -> bool:
-        return is_remote(self.root)
+        return is_url(self.root)
 
     def manifest(self, key: str) -> Location:
         return self.manifests / f"{key}.jsonl"

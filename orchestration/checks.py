@@ -16,7 +16,7 @@ from dagster import (
 from flame import checkpoint
 from flame.mlflow.registry import CHAMPION, Registry
 from flame.app.pipeline import local_checkpoint
-from flame.locations import fetch_tree, is_remote, location
+from flame.locations import fetch_tree, is_url, location
 from flame.text.store import META_FILE, SHARD_SUFFIX, EmbeddingStore
 from orchestration.lineage import upstream
 from orchestration.partitions import DATA_SHARDS
@@ -59,7 +59,7 @@ def embeddings_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
     meta = upstream(context, "caption_embeddings", key)
     downloaded = int(upstream(context, "image_shards", key)["success"])
     folder = location(meta["store"])
-    store = EmbeddingStore.open(fetch_tree(folder, [META_FILE, f"{key}{SHARD_SUFFIX}"]) if is_remote(folder) else folder)
+    store = EmbeddingStore.open(fetch_tree(folder, [META_FILE, f"{key}{SHARD_SUFFIX}"]) if is_url(folder) else folder)
     report = store.validate()
     own_errors = [e for e in report["errors"] if e.startswith(f"{key}:") or e.startswith(f"{key}_")]
     keys, _ = store.read(key)

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 from flame.errors import FlameError
-from flame.locations import Location, is_remote
+from flame.locations import Location, is_url
 
 
 @contextmanager
 def exclusive(lock_file: Location, owner: str, what: str, is_stale: Callable[[str], bool] | None = None):
     """Hold ``lock_file`` for the block; a second holder is refused naming the first."""
-    if is_remote(lock_file):
+    if is_url(lock_file):
         with _lease(lock_file, owner, what, is_stale or (lambda _: False)):
             yield
         return

@@ -37,7 +37,7 @@ import yaml
 from flame.atomic import write_text
 from flame.config import FlameConfig, read_params, repo_root, resolved_yaml
 from flame.errors import FlameError
-from flame.locations import is_remote, is_url
+from flame.locations import is_url
 
 # The stages a Dagster run records, by what it has made: the data before a training, the model after it.
 DATA_STAGES = ("config", "shards", "embeddings")
@@ -71,7 +71,7 @@ def why_unversioned(repo: str | Path, config: FlameConfig, params_file: str | Pa
     repo = Path(repo).resolve()
     if not is_dvc_repo(repo):
         return f"{repo} is not a DVC repository"
-    if is_remote(storage_root):
+    if is_url(storage_root):
         return f"the storage root {storage_root} is in object storage; dvc.yaml describes {repo / STORAGE_ROOT}"
     if Path(params_file).resolve() != repo / "params.yaml":
         return f"the configuration {params_file} is not the repository's params.yaml, which dvc.yaml reads"

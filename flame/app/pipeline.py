@@ -36,7 +36,7 @@ from flame.digest import sha256_file
 from flame.errors import FlameError
 from flame.cache import cache_dir
 from flame.files import link_or_copy
-from flame.locations import (Location, copy_file, copy_tree_to_local, fetch, fetch_tree, files_under, is_remote,
+from flame.locations import (Location, copy_file, copy_tree_to_local, fetch, fetch_tree, files_under, is_url,
                              location, publish_tree, staged_dir, staged_file)
 from flame.mlflow.tracker import MlflowTracker
 from flame.model import load as load_model
@@ -182,7 +182,7 @@ class TrainingSet:
 
     def local(self) -> "TrainingSet":
         """This set as local files (a remote one through the content-keyed cache)."""
-        return TrainingSet(fetch_tree(self.root)) if is_remote(self.root) else self
+        return TrainingSet(fetch_tree(self.root)) if is_url(self.root) else self
 
     @property
     def shards(self) -> Path:
@@ -297,7 +297,7 @@ def local_checkpoint(checkpoint_dir: str | Path, names: tuple[str, ...] | list[s
     """A checkpoint folder's files ``names`` (default: the model's) as a local folder: a remote
     folder's through the cache, a local folder itself."""
     folder = location(checkpoint_dir)
-    return fetch_tree(folder, list(names)) if is_remote(folder) else Path(folder)
+    return fetch_tree(folder, list(names)) if is_url(folder) else Path(folder)
 
 
 @contextmanager
@@ -307,7 +307,7 @@ def checkpoint_workspace(out: Location, training_id: str):
     remote one, a private copy in the cache (named by the training's identity) of what is there
     already, so a training continues from the last checkpoint any machine published, and every
     checkpoint is published to ``out`` as soon as it is saved, and everything at the end."""
-    if not is_remote(out):
+    if not is_url(out):
         yield Path(out), None
         return
     work = cache_dir("checkpoints") / training_id
