@@ -7,14 +7,17 @@ import json
 import subprocess
 
 import pytest
+import yaml
 
 from flame.app.pipeline import TrainingSet, identity_of_training_set
-from flame.config import load_config
+from flame.config import load_config, resolved_yaml
 from tests.fixtures.clone import REPO, VENV_BIN, clone_env, dvc_status, git, make_clone, only_pointer_files, status_lines
 
 pytestmark = pytest.mark.slow
 
 UP_TO_DATE = "Data and pipelines are up to date."
+# The demo's pipeline at a tenth of its cost: lineage, not learning, is under test here.
+LINEAGE_PROFILE = {"extends": "tiny", "text": {"captions_per_sample": 1}, "train": {"epochs": 3, "positives_per_image": 1}}
 
 
 def run(clone, *args, timeout=900, **env):
@@ -26,6 +29,12 @@ def run(clone, *args, timeout=900, **env):
 
 def test_demo_in_a_fresh_clone_then_a_second_clone_pulls_its_training_set(tmp_path):
     first = make_clone(tmp_path / "first")
+    params = yaml.safe_load((first / "params.yaml").read_text(encoding="utf-8"))
+    params["profiles"]["lineage"] = LINEAGE_PROFILE
+    params["profile"] = "lineage"  # the default, so that DVC's stages select it too
+    (first / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    (first / "params.resolved.yaml").write_text(resolved_yaml(first / "params.yaml"), encoding="utf-8")
+    git(first, "commit", "-qam", "a smaller profile for this test")
     venv = REPO / ".venv"
     # The demo as a user runs it, on this checkout's installed environment (not reinstalled in the clone).
     out = run(first, "make", "-o", str(venv / ".installed"), "demo", f"VENV={venv}", timeout=1200)
