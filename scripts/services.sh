@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # The servers of the deployed pipeline, on 127.0.0.1, for tests and local trials:
-# PostgreSQL (MLflow's and Dagster's databases), an S3 endpoint (moto) and an MLflow
-# tracking server (runs in PostgreSQL, artifacts in S3).
+# PostgreSQL (MLflow's and Dagster's databases), an S3 endpoint (moto), an MLflow
+# tracking server (runs in PostgreSQL, artifacts in S3) and a two-node Ray cluster (a head
+# and a second node joining it, each with its own resources, as two machines would).
 #
 #   scripts/services.sh up               start what is not running, wait until each answers
 #   scripts/services.sh down             stop everything (nothing running is fine)
 #   scripts/services.sh status           print each and whether it answers; non-zero if one does not
 #   scripts/services.sh env              print services.env (the URLs, credentials, pid files)
-#   scripts/services.sh restart NAME     NAME: postgres, s3 or mlflow
+#   scripts/services.sh restart NAME     NAME: postgres, s3, mlflow or ray
 #   scripts/services.sh stop|start NAME  one service down / up again (outage tests)
 #
 # State (data, logs, pid files, services.env, services.json): $FLAME_SERVICES_DIR
 # (default /tmp/flame-services). Ports: $FLAME_PG_PORT (55432), $FLAME_S3_PORT (59000),
-# $FLAME_MLFLOW_PORT (55000); bucket: $FLAME_BUCKET (flame-test). After `up`, later
+# $FLAME_MLFLOW_PORT (55000), $FLAME_RAY_PORT (56379, the dashboard and job server on
+# $FLAME_RAY_DASHBOARD_PORT, 58265); logical CPUs per Ray node: $FLAME_RAY_NODE_CPUS (2);
+# bucket: $FLAME_BUCKET (flame-test). After `up`, later
 # commands reuse the values services.env recorded unless the variables are set.
 set -euo pipefail
 
@@ -30,6 +33,9 @@ PG_PORT=${FLAME_PG_PORT:-$(saved FLAME_PG_PORT)}; PG_PORT=${PG_PORT:-55432}
 S3_PORT=${FLAME_S3_PORT:-$(saved FLAME_S3_PORT)}; S3_PORT=${S3_PORT:-59000}
 MLFLOW_PORT=${FLAME_MLFLOW_PORT:-$(saved FLAME_MLFLOW_PORT)}; MLFLOW_PORT=${MLFLOW_PORT:-55000}
 BUCKET=${FLAME_BUCKET:-$(saved FLAME_BUCKET)}; BUCKET=${BUCKET:-flame-test}
+RAY_PORT=${FLAME_RAY_PORT:-$(saved FLAME_RAY_PORT)}; RAY_PORT=${RAY_PORT:-56379}
+RAY_DASHBOARD_PORT=${FLAME_RAY_DASHBOARD_PORT:-$(saved FLAME_RAY_DASHBOARD_PORT)}; RAY_DASHBOARD_PORT=${RAY_DASHBOARD_PORT:-58265}
+RAY_NODE_CPUS=${FLAME_RAY_NODE_CPUS:-2}
 MLFLOW_TIMEOUT=${FLAME_MLFLOW_TIMEOUT:-180}
 
 PG_USER=flame
@@ -43,13 +49,20 @@ S3_PIDFILE=$DIR/s3.pid
 S3_LOG=$DIR/s3.log
 MLFLOW_PIDFILE=$DIR/mlflow.pid
 MLFLOW_LOG=$DIR/mlflow.log
+RAY_TEMP=$DIR/ray
+RAY_HEAD_PIDFILE=$DIR/ray-head.pid
+RAY_HEAD_LOG=$DIR/ray-head.log
+RAY_NODE_PIDFILE=$DIR/ray-node.pid
+RAY_NODE_LOG=$DIR/ray-node.log
 
 PG_URL="postgresql+psycopg2://$PG_USER:$PG_PASSWORD@$HOST:$PG_PORT"
 S3_URL="http://$HOST:$S3_PORT"
 MLFLOW_URL="http://$HOST:$MLFLOW_PORT"
+RAY_ADDRESS_VALUE="$HOST:$RAY_PORT"
+RAY_JOBS_URL="http://$HOST:$RAY_DASHBOARD_PORT"
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1
 export AWS_ENDPOINT_URL=$S3_URL MLFLOW_S3_ENDPOINT_URL=$S3_URL
-export MLFLOW_ENABLE_TELEMETRY=false DO_NOT_TRACK=1
+export MLFLOW_ENABLE_TELEMETRY=false DO_NOT_TRACK=1 RAY_USAGE_STATS_ENABLED=0
 
 die() { echo "services.sh: $*" >&2; exit 1; }
 
@@ -264,6 +277,50 @@ mlflow_start() {
 
 mlflow_stop() { stop_pid "$MLFLOW_PIDFILE" mlflow mlflow; }
 
+# --- Ray: a head node and a second node --------------------------------------------------
+
+ray_nodes() {  # how many nodes the head counts alive
+    "$PY" - "$RAY_JOBS_URL" <<'EOF' 2>/dev/null
+import json, sys, urllib.request
+nodes = json.load(urllib.request.urlopen(sys.argv[1] + "/nodes?view=summary", timeout=2))["data"]["summary"]
+print(sum(1 for n in nodes if n["raylet"]["state"] == "ALIVE"))
+EOF
+}
+
+ray_head_ready() { http_ok "$RAY_JOBS_URL/api/version"; }
+ray_both_ready() { [[ $(ray_nodes) == 2 ]]; }
+
+ray_start() {
+    local start
+    start=$(now_ms)
+    mkdir -p "$RAY_TEMP"
+    # --block keeps each node's `ray start` in the foreground, the leader of its own process
+    # group: stopping that group stops this node's raylet and workers and no other Ray on the machine.
+    if pid_alive "$RAY_HEAD_PIDFILE" "ray start"; then
+        echo "ray: head already running ($RAY_ADDRESS_VALUE)"
+    else
+        PATH="$VENV_BIN:$PATH" spawn "$RAY_HEAD_PIDFILE" "$RAY_HEAD_LOG" "$VENV_BIN/ray" start --head --block \
+            --node-ip-address "$HOST" --port "$RAY_PORT" --num-cpus "$RAY_NODE_CPUS" --resources '{"head_node": 1}' \
+            --include-dashboard true --dashboard-host "$HOST" --dashboard-port "$RAY_DASHBOARD_PORT" \
+            --object-store-memory 400000000 --temp-dir "$RAY_TEMP" --disable-usage-stats
+    fi
+    wait_for ray-head 120 "$RAY_HEAD_PIDFILE" "ray start" "$RAY_HEAD_LOG" ray_head_ready
+    if pid_alive "$RAY_NODE_PIDFILE" "ray start"; then
+        echo "ray: second node already running"
+    else
+        PATH="$VENV_BIN:$PATH" spawn "$RAY_NODE_PIDFILE" "$RAY_NODE_LOG" "$VENV_BIN/ray" start --block \
+            --address "$RAY_ADDRESS_VALUE" --node-ip-address "$HOST" --num-cpus "$RAY_NODE_CPUS" \
+            --resources '{"second_node": 1}' --object-store-memory 400000000 --disable-usage-stats
+    fi
+    wait_for ray-node 120 "$RAY_NODE_PIDFILE" "ray start" "$RAY_NODE_LOG" ray_both_ready
+    echo "ray: up in $(elapsed "$start") s (2 nodes, $RAY_NODE_CPUS CPUs each; RAY_ADDRESS=$RAY_ADDRESS_VALUE, jobs at $RAY_JOBS_URL)"
+}
+
+ray_stop() {
+    stop_pid "$RAY_NODE_PIDFILE" "ray start" ray-node
+    stop_pid "$RAY_HEAD_PIDFILE" "ray start" ray-head
+}
+
 # --- services.env / services.json ---------------------------------------------------------
 
 write_env() {
@@ -293,6 +350,12 @@ write_env() {
         FLAME_PG_PIDFILE="$PG_PIDFILE"
         FLAME_S3_PIDFILE="$S3_PIDFILE"
         FLAME_MLFLOW_PIDFILE="$MLFLOW_PIDFILE"
+        FLAME_RAY_PORT="$RAY_PORT"
+        FLAME_RAY_DASHBOARD_PORT="$RAY_DASHBOARD_PORT"
+        FLAME_RAY_ADDRESS="$RAY_ADDRESS_VALUE"
+        FLAME_RAY_JOBS_URL="$RAY_JOBS_URL"
+        FLAME_RAY_HEAD_PIDFILE="$RAY_HEAD_PIDFILE"
+        FLAME_RAY_NODE_PIDFILE="$RAY_NODE_PIDFILE"
     )
     local kv
     for kv in "${vars[@]}"; do
@@ -311,7 +374,8 @@ start_one() {
         postgres) pg_start ;;
         s3) s3_start ;;
         mlflow) mlflow_start ;;
-        *) die "unknown service '$1' (postgres, s3 or mlflow)" ;;
+        ray) ray_start ;;
+        *) die "unknown service '$1' (postgres, s3, mlflow or ray)" ;;
     esac
 }
 
@@ -320,7 +384,8 @@ stop_one() {
         postgres) pg_stop ;;
         s3) s3_stop ;;
         mlflow) mlflow_stop ;;
-        *) die "unknown service '$1' (postgres, s3 or mlflow)" ;;
+        ray) ray_stop ;;
+        *) die "unknown service '$1' (postgres, s3, mlflow or ray)" ;;
     esac
 }
 
@@ -329,6 +394,9 @@ status() {
     if pg_ready 2>/dev/null; then echo "postgres  up    $HOST:$PG_PORT"; else echo "postgres  down  $HOST:$PG_PORT"; down=1; fi
     if s3_ready; then echo "s3        up    $S3_URL"; else echo "s3        down  $S3_URL"; down=1; fi
     if mlflow_ready; then echo "mlflow    up    $MLFLOW_URL"; else echo "mlflow    down  $MLFLOW_URL"; down=1; fi
+    local nodes
+    nodes=$(ray_nodes || true)
+    if [[ $nodes == 2 ]]; then echo "ray       up    $RAY_ADDRESS_VALUE (2 nodes)"; else echo "ray       down  $RAY_ADDRESS_VALUE (${nodes:-0} nodes)"; down=1; fi
     return $down
 }
 
@@ -348,22 +416,24 @@ case $cmd in
         pg_start
         s3_start
         mlflow_start
+        ray_start
         echo "all up in $(elapsed "$start") s; environment: $ENV_FILE (scripts/services.sh env)"
         ;;
     down)
         lock
+        ray_stop
         mlflow_stop
         s3_stop
         pg_stop
         ;;
     restart)
-        [[ $# -eq 2 ]] || die "usage: $0 restart postgres|s3|mlflow"
+        [[ $# -eq 2 ]] || die "usage: $0 restart postgres|s3|mlflow|ray"
         lock
         stop_one "$2"
         start_one "$2"
         ;;
     stop | start)
-        [[ $# -eq 2 ]] || die "usage: $0 $cmd postgres|s3|mlflow"
+        [[ $# -eq 2 ]] || die "usage: $0 $cmd postgres|s3|mlflow|ray"
         lock
         "${cmd}_one" "$2"
         ;;

@@ -1,0 +1,52 @@
+"""Joining a Ray cluster: which cluster, and the environment its workers run the project in.
+
+The address rule is Ray's own: a configured address wins, else ``$RAY_ADDRESS``, else Ray
+starts a local instance on this machine. Workers get this process's code root on
+``PYTHONPATH`` and the variables that locate storage and services, so a task runs the same
+code against the same stores on any node.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import flame
+
+# Variables a worker needs to reach what this process reaches (object storage, MLflow, caches).
+FORWARDED_PREFIXES = ("AWS_", "MLFLOW_", "FLAME_", "HF_", "TRANSFORMERS_")
+CODE_ROOT = str(Path(flame.__file__).resolve().parents[1])
+
+
+def cluster_address(configured: str | None) -> str | None:
+    """The cluster to join: ``configured``, else ``$RAY_ADDRESS``; None starts a local Ray."""
+    return configured or os.environ.get("RAY_ADDRESS") or None
+
+
+def worker_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
+    path = [CODE_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != CODE_ROOT]
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    return env
+
+
+def connect(address: str | None = None, setup_hook: str | None = None) -> None:
+    """``ray.init`` on the cluster ``cluster_address(address)`` names, unless already joined.
+    ``setup_hook``: a ``module.function`` every worker process runs first (e.g. a library patch)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env: dict = {"env_vars": worker_env()}
+    if setup_hook:
+        runtime_env["worker_process_setup_hook"] = setup_hook
+    # Workers' output stays in the cluster's logs: this process's stdout holds its result alone.
+    ray.init(address=cluster_address(address), runtime_env=runtime_env, log_to_driver=False,
+             configure_logging=False)
+
+
+def disconnect() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
