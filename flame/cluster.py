@@ -8,14 +8,20 @@ code against the same stores on any node.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import flame
 
 # Variables a worker needs to reach what this process reaches (object storage, MLflow, caches).
 FORWARDED_PREFIXES = ("AWS_", "MLFLOW_", "FLAME_", "HF_", "TRANSFORMERS_")
 CODE_ROOT = str(Path(flame.__file__).resolve().parents[1])
+# Set by Ray in the driver of a submitted job: the job's config, its runtime env included.
+RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def cluster_address(configured: str | None) -> str | None:
@@ -37,7 +43,10 @@ def connect(address: str | None = None, setup_hook: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    runtime_env: dict = {"env_vars": worker_env()}
+    # In a Ray job's driver, the job's runtime env (given when it was submitted) applies to all its
+    # workers, and Ray refuses a ray.init that sets one of its variables again.
+    given = _job_env_vars()
+    runtime_env: dict = {"env_vars": {k: v for k, v in worker_env().items() if k not in given}}
     if setup_hook:
         runtime_env["worker_process_setup_hook"] = setup_hook
     # Workers' output stays in the cluster's logs: this process's stdout holds its result alone.
@@ -45,8 +54,31 @@ def connect(address: str | None = None, setup_hook: str | None = None) -> None:
              configure_logging=False)
 
 
+def _job_env_vars() -> dict[str, str]:
+    """The variables of the runtime env of the Ray job this process is the driver of, if any."""
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG_ENV, "{}"))
+    return (job.get("runtime_env") or {}).get("env_vars") or {}
+
+
 def disconnect() -> None:
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def session(address: str | None = None, setup_hook: str | None = None) -> Iterator[None]:
+    """Joined to the cluster (see ``connect``) for the block, and left after unless joined before.
+    Meanwhile this process's stdout goes to stderr: Ray's driver prints what the raylets report
+    (e.g. a worker that died) to stdout, which holds a command's result alone."""
+    import ray
+
+    joined = not ray.is_initialized()
+    with contextlib.redirect_stdout(sys.stderr):
+        connect(address, setup_hook)
+        try:
+            yield
+        finally:
+            if joined:
+                disconnect()

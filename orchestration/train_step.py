@@ -4,7 +4,8 @@ The ``flame_model`` asset launches ``<launcher> -m orchestration.train_step ...`
 launcher is ``orchestration.train_launcher`` (empty: this Python; or e.g. ``torchrun
 --nnodes=2 --nproc_per_node=8 ...``). Every rank trains (``flame.app.pipeline.train``); rank 0
 alone logs to MLflow and reports the materialisation back to Dagster, with the metrics of each
-logged step forwarded to the run's log.
+logged step forwarded to the run's log. ``orchestration.ray_train`` runs this same ``run`` in
+each of its Ray Train workers.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from contextlib import nullcontext
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
 
 from flame.app import pipeline
-from flame.config import ConfigError, load_config
+from flame.config import ConfigError, FlameConfig, load_config
 from flame.errors import FlameError
 from flame.locations import location
 from flame.tracking import NullTracker
@@ -29,18 +30,18 @@ SUMMARY_KEYS = ("checkpoint", "training_id", "steps", "epochs", "samples", "imag
 
 
 class PipesTracker(NullTracker):
-    """Forwards training metrics to the Dagster run's log."""
+    """Forwards training metrics to a log with ``info(message)``: the Dagster run's, through Pipes."""
 
-    def __init__(self, pipes):
-        self.pipes = pipes
+    def __init__(self, log):
+        self.log = log
 
     def log_metrics(self, metrics, step=None):
         body = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-        self.pipes.log.info(f"step {step}: {body}" if step is not None else body)
+        self.log.info(f"step {step}: {body}" if step is not None else body)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m orchestration.train_step", description=__doc__.splitlines()[0])
+def build_parser(prog: str = "python -m orchestration.train_step", description: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description or __doc__.splitlines()[0])
     p.add_argument("--config", default=None, help="path to params.yaml")
     p.add_argument("--profile", default=None, help="configuration profile")
     p.add_argument("--training-set", required=True, help="the training set folder or URL (shards/ and embeddings/<fingerprint>/)")
@@ -61,15 +62,25 @@ def _json_object(text: str, flag: str) -> dict:
     return value
 
 
-def run(args: argparse.Namespace, pipes=None) -> dict:
+def load(args: argparse.Namespace) -> FlameConfig:
+    """The training's configuration: the profile, ``--overrides-json`` and ``--tracking-uri`` over it."""
     overrides = _json_object(args.overrides_json, "--overrides-json")
     if args.tracking_uri:
         overrides["tracking"] = {**overrides.get("tracking", {}), "tracking_uri": args.tracking_uri}
-    config = load_config(args.config, args.profile, overrides=overrides)
+    return load_config(args.config, args.profile, overrides=overrides)
+
+
+def tags(args: argparse.Namespace) -> dict:
+    return _json_object(args.tags_json, "--tags-json")
+
+
+def run(args: argparse.Namespace, log=None) -> dict:
+    """Train as ``args`` say; the metrics of each logged step go to ``log.info`` too."""
+    config = load(args)
     start = time.monotonic()
     summary = pipeline.train(config, pipeline.TrainingSet(location(args.training_set)), args.out, args.training_id,
-                             tags=_json_object(args.tags_json, "--tags-json"), run_name=args.run_name,
-                             trackers=(PipesTracker(pipes),) if pipes is not None else ())
+                             tags=tags(args), run_name=args.run_name,
+                             trackers=(PipesTracker(log),) if log is not None else ())
     meta = {k: summary[k] for k in SUMMARY_KEYS if summary.get(k) is not None}
     meta["seconds"] = round(time.monotonic() - start, 1)
     if summary.get("losses"):
@@ -82,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     reporting = int(os.environ.get("RANK", "0")) == 0 and DAGSTER_PIPES_CONTEXT_ENV_VAR in os.environ
     with (open_dagster_pipes() if reporting else nullcontext()) as pipes:
         try:
-            meta = run(args, pipes)
+            meta = run(args, pipes.log if pipes is not None else None)
         except (FlameError, ConfigError) as exc:
             print(f"training: error: {exc}", file=sys.stderr)
             if pipes is not None:

@@ -15,4 +15,5 @@ pytest_plugins = [
     "tests.fixtures.orchestration",
     "tests.fixtures.tracking",
     "tests.fixtures.services",
+    "tests.fixtures.cluster",
 ]

@@ -160,13 +160,14 @@ def test_executor_is_configuration(orchestration_env):
 def test_training_launcher_is_configuration(orchestration_env):
     import sys
 
-    from orchestration.assets.model import _launcher
+    from orchestration.train_launch import command
 
     config = orchestration_env["resources"]["flame_config"].load()
-    assert _launcher(config) == [sys.executable]
+    assert command(config, []) == [sys.executable, "-m", "orchestration.train_step"]
     config.orchestration.train_launcher = ["torchrun", "--nnodes=2", "--nproc_per_node=8"]
-    launcher = _launcher(config)
-    assert launcher[0].endswith("torchrun") and launcher[1:] == ["--nnodes=2", "--nproc_per_node=8"]
+    launcher = command(config, [])
+    assert launcher[0].endswith("torchrun") and launcher[1:] == ["--nnodes=2", "--nproc_per_node=8", "-m",
+                                                                  "orchestration.train_step"]
 
 
 def test_relative_mlflow_store_is_the_repo_root(tmp_path, monkeypatch):

@@ -275,10 +275,13 @@ def test_progress_goes_into_the_train_state_under_the_keys_checkpoints_have_alwa
     from flame.train.progress import TrainProgress
 
     progress = TrainProgress()
-    for loss in (3.0, 2.0):
-        progress.record_step(loss)
+    progress.record_step()
+    progress.record_losses(epoch_loss_sum=3.0, last_loss=3.0)
+    progress.record_step()
+    progress.record_losses(epoch_loss_sum=5.0, last_loss=2.0)
     progress.end_epoch(skipped_corrupt=1)
-    progress.record_step(1.0)
+    progress.record_step()
+    progress.record_losses(epoch_loss_sum=1.0, last_loss=1.0)
     state = progress.to_state()
     assert state == {"step": 3, "epoch": 1, "step_in_epoch": 1, "epoch_loss_sum": 1.0, "losses": [2.5],
                      "first_loss": 3.0, "last_loss": 1.0, "skipped_corrupt": 1, "epoch_corrupt": 0}

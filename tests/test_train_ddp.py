@@ -136,7 +136,7 @@ def _as_torchrun_would(rank: int, world: int, port: int) -> None:
 
 def _probe(rank, world, port, results):
     _as_torchrun_would(rank, world, port)
-    ctx = init_distributed()
+    ctx = init_distributed(torch.device("cpu"))
     raised = {}
     try:
         with collectives_on(ctx.device):
@@ -178,7 +178,7 @@ def test_collective_guard_rejects_tensors_off_the_process_device(tmp_path):
 def _run_training(rank, world, port, shards, store, out, results):
     _as_torchrun_would(rank, world, port)
     with collectives_on(torch.device("cpu")):
-        summary = run_training(tiny_train_config(batch_size=16, epochs=1), shards, store, out)
+        summary = run_training(tiny_train_config(batch_size=16, epochs=1, device="cpu"), shards, store, out)
     (Path(results) / f"rank{rank}.json").write_text(json.dumps(summary))
 
 
@@ -202,7 +202,7 @@ GLOBAL_BATCH, STEPS = 8, 3
 def _train_steps(rank, world, port, shards, store, loss, results):
     """STEPS steps of the trainer's own TrainStep, this rank taking its part of the same global batches."""
     _as_torchrun_would(rank, world, port)
-    ctx = init_distributed()
+    ctx = init_distributed(torch.device("cpu"))
     # Unclipped, so that the gradients' scale shows. AdamW's eps at 1e-3, not 1e-8: a gradient that is
     # zero up to rounding (the attention key bias's) would otherwise step by lr times that rounding's sign.
     config = tiny_train_config(batch_size=GLOBAL_BATCH, precision="fp32", loss=loss, eps=1e-3, grad_clip=None)
@@ -220,7 +220,7 @@ def _train_steps(rank, world, port, shards, store, loss, results):
                 texts = F.normalize(torch.randn(GLOBAL_BATCH, trainer.cfg.positives_per_image, STORE_D,
                                                 generator=generator), dim=-1)
                 lrs.append(trainer.optimizer.param_groups[0]["lr"])
-                losses.append(trainer.train_step(pixels[mine], texts[mine]))
+                losses.append(float(trainer.train_step(pixels[mine], texts[mine])))
     finally:
         cleanup(ctx)
     params = dict(trainer.model.named_parameters())

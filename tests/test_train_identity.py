@@ -19,11 +19,13 @@ def _identity(config=None, digests=DIGESTS, text="encoder-fp", source="store-fp"
 
 def test_settings_that_change_no_weight_keep_the_identity():
     base = _identity()
-    config = tiny_train_config(epochs=9, log_every_steps=7, checkpoint_every_steps=3)
+    config = tiny_train_config(epochs=9, log_every_steps=7, checkpoint_every_steps=3, device="cuda:1",
+                               nonfinite_check="log_steps")
     config.text.batch_size, config.text.cache_dir = 4, "/elsewhere"
     same = _identity(config)
     assert same == base and same.id == base.id and same.changes_since(base) == []
-    assert NON_WEIGHT_SETTINGS == {"train": ("epochs", "log_every_steps", "checkpoint_every_steps"),
+    assert NON_WEIGHT_SETTINGS == {"train": ("epochs", "log_every_steps", "checkpoint_every_steps", "device",
+                                             "nonfinite_check"),
                                    "text": ("batch_size", "cache_dir")}
     for section, keys in NON_WEIGHT_SETTINGS.items():
         assert not set(keys) & set(identity_config(config)[section])

@@ -306,11 +306,14 @@ def checkpoint_workspace(out: Location, training_id: str):
     call after each save. For a local ``out``, ``out`` itself (publishing is nothing); for a
     remote one, a private copy in the cache (named by the training's identity) of what is there
     already, so a training continues from the last checkpoint any machine published, and every
-    checkpoint is published to ``out`` as soon as it is saved, and everything at the end."""
+    checkpoint is published to ``out`` as soon as it is saved, and everything at the end.
+    Under torch.distributed each rank has its own copy (ranks may share a machine) and rank 0,
+    the one that saves, alone publishes."""
     if not is_url(out):
         yield Path(out), None
         return
-    work = cache_dir("checkpoints") / training_id
+    rank = int(os.environ.get("RANK", "0"))
+    work = cache_dir("checkpoints") / training_id / f"rank-{rank}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     if out.exists():
@@ -320,4 +323,5 @@ def checkpoint_workspace(out: Location, training_id: str):
         publish_tree(work, out)
 
     yield work, publish_now
-    publish_now()
+    if rank == 0:
+        publish_now()

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -84,6 +85,20 @@ class TextConfig(_Section):
     views: list[TextView] = Field(default_factory=lambda: [TextView()])
     captions_per_sample: int = Field(1, ge=1)
     cache_dir: str | None = None
+    # Where `flame embed` computes the shards (the store is the same either way):
+    # - local: in this process;
+    # - ray: `workers` Ray actors, each loading the LLM once and embedding one shard at a time,
+    #   with `worker_cpus` CPUs (and as many threads: Ray sets OMP_NUM_THREADS) and `worker_gpus`
+    #   GPUs each (null: 1 when the cluster has GPUs, else 0). A worker that dies is restarted
+    #   and its shard in progress redone, at most `worker_retries` times. The cluster is
+    #   `cluster_address`, else $RAY_ADDRESS, else a Ray started on this machine. Workers read
+    #   the input shards at the paths this process sees.
+    distributor: Literal["local", "ray"] = "local"
+    cluster_address: str | None = None
+    workers: int = Field(1, ge=1)
+    worker_cpus: float = Field(1.0, ge=0)
+    worker_gpus: float | None = Field(None, ge=0)
+    worker_retries: int = Field(3, ge=0)
 
     @model_validator(mode="after")
     def _views_use_known_facet_sets(self) -> "TextConfig":
@@ -129,6 +144,16 @@ class DataConfig(_Section):
     resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "keep_ratio"
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
     number_sample_per_shard: int = Field(256, ge=1)
+    # img2dataset's distributor, which runs one task per shard:
+    # - multiprocessing: `processes` local processes download shards side by side;
+    # - ray: each shard is a Ray task taking 1 CPU, so the cluster downloads as many shards at
+    #   once as it has free CPUs (`processes` is not used). The cluster is `cluster_address`,
+    #   else $RAY_ADDRESS, else a Ray started on this machine. Workers on other machines read
+    #   and write the --out folder: there it must be object storage (s3://) or a shared disk;
+    # - pyspark: a Spark session on the master `cluster_address`, else local[`processes`].
+    # Each task downloads with `threads` threads. Shards made by one distributor resume with another.
+    distributor: Literal["multiprocessing", "ray", "pyspark"] = "multiprocessing"
+    cluster_address: str | None = None
     processes: int = Field(1, ge=1)
     threads: int = Field(8, ge=1)
     timeout: float = Field(10.0, gt=0)
@@ -154,6 +179,10 @@ def reference_logit_init(loss: str) -> tuple[float, float]:
     return REFERENCE_LOGIT_INIT[loss]
 
 
+# How a training device is written (train.device; flame.device.local_device resolves it).
+DEVICE_SPELLING = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
 class TrainConfig(_Section):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -176,6 +205,18 @@ class TrainConfig(_Section):
     attention: Literal["auto", "math", "default"] = "auto"
     # Max global gradient norm; null: no clipping (the reference's default).
     grad_clip: float | None = None
+    # Where this process trains (flame.device.local_device, the one rule): auto = the GPU of its
+    # LOCAL_RANK (modulo the GPUs it sees) when CUDA is present, else the CPU; cpu; cuda (that
+    # GPU, an error without one); cuda:N. The process group's backend follows: gloo on the CPU,
+    # NCCL on GPUs.
+    device: str = "auto"
+    # When a NaN/Inf loss or gradient norm stops training. every_step: before the step is applied,
+    # so nothing of a bad step reaches the weights, at the cost of one host-device sync per step.
+    # log_steps: at log steps and before every checkpoint save, with no sync in between; the bad
+    # steps may have changed the weights in memory, but no checkpoint holds them and training
+    # stops at the next check. auto: every_step on a CPU (the sync costs nothing there), log_steps
+    # on a GPU (a sync per step stalls the queue of kernels).
+    nonfinite_check: Literal["auto", "every_step", "log_steps"] = "auto"
     seed: int = 0
     workers: int = Field(1, ge=0)
     missing_embeddings: Literal["error", "skip"] = "error"
@@ -183,6 +224,13 @@ class TrainConfig(_Section):
     log_every_steps: int = Field(10, ge=1)
     crop_scale: tuple[float, float] = (0.9, 1.0)
     shuffle_buffer: int = Field(1000, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, value: str) -> str:
+        if not DEVICE_SPELLING.fullmatch(value):
+            raise ValueError(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
+        return value
 
     @model_validator(mode="after")
     def _logit_init_defaults_to_the_loss_reference(self) -> "TrainConfig":
@@ -261,6 +309,22 @@ class RegistryConfig(_Section):
     bootstrap_seed: int = Field(0, ge=0)
 
 
+class RayTrainConfig(_Section):
+    """orchestration.ray_train: the training as Ray Train (TorchTrainer) workers on a Ray cluster."""
+
+    # Workers, one torch.distributed rank each, every one running the whole training on its part
+    # of each global batch; 0: no Ray Train (orchestration.train_launcher starts the training).
+    workers: int = Field(0, ge=0)
+    # One GPU per worker (NCCL), else CPUs only (gloo); train.device must agree.
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    # Ray's placement of the workers: PACK fills a node before the next, SPREAD uses many nodes.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    # Restarts of all workers after one of them, or its node, dies; each restart continues from
+    # the last checkpoint in the training's folder (train.checkpoint_every_steps).
+    max_failures: int = Field(1, ge=0)
+
+
 class OrchestrationConfig(_Section):
     retrain_cron: str = "0 3 * * 0"
     # How often the new-manifest sensor looks at the manifests, and the automation sensor at the assets.
@@ -276,12 +340,28 @@ class OrchestrationConfig(_Section):
     train_launcher: list[str] = Field(default_factory=list)
     # Manifests always in the data set (relative paths: to the params file's folder); new ones land in incoming_dir.
     manifests: list[str] = Field(default_factory=lambda: ["data/sample/train.jsonl"])
-    # Dagster executor: "in_process", "multiprocess", or "module:attribute" of an installed
-    # executor (e.g. "dagster_k8s:k8s_job_executor", "dagster_celery:celery_executor").
+    # Dagster executor: "in_process", "multiprocess", "ray" (each step a Ray job on the cluster
+    # at cluster_address), or "module:attribute" of an installed executor (e.g.
+    # "dagster_k8s:k8s_job_executor", "dagster_celery:celery_executor").
     executor: str = "in_process"
     executor_config: dict[str, Any] = Field(default_factory=dict)
     # Op tags of the training step only (e.g. {"dagster-k8s/config": {...GPU requests...}}).
     train_op_tags: dict[str, Any] = Field(default_factory=dict)
+    # How the flame_model asset runs the training, through Dagster Pipes:
+    # - subprocess: a process beside the step (train_launcher's, or the Ray Train driver);
+    # - ray_job: a Ray job on the cluster (cluster_address) running the same command there.
+    train_pipes: Literal["subprocess", "ray_job"] = "subprocess"
+    ray_train: RayTrainConfig = Field(default_factory=RayTrainConfig)
+    # The Ray cluster Dagster submits jobs to (executor "ray", train_pipes ray_job): its dashboard's
+    # http://host:8265, or the head's host:port; null: $RAY_ADDRESS.
+    cluster_address: str | None = None
+
+    @model_validator(mode="after")
+    def _one_training_launcher(self) -> "OrchestrationConfig":
+        if self.ray_train.workers and self.train_launcher:
+            raise ValueError(f"orchestration.train_launcher={self.train_launcher!r} and orchestration.ray_train.workers="
+                             f"{self.ray_train.workers}: Ray Train starts the training's processes itself; set one")
+        return self
 
 
 class FlameConfig(_Section):

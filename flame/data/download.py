@@ -23,7 +23,7 @@ from tqdm import tqdm
 from flame.atomic import write_json, write_text
 from flame.data.download_layout import STATE_FILE, SUMMARY_FILE, complete_shards, shard_names
 from flame.data.download_summary import format_summary, summarize
-from flame.data.img2dataset_run import run_img2dataset
+from flame.data.img2dataset_run import check_distributor, run_img2dataset
 from flame.data.manifest import Manifest, load_manifest, write_img2dataset_input
 from flame.digest import sha256_text
 from flame.errors import FlameError
@@ -122,9 +122,14 @@ def download_shards(manifest_path: str | Path, out_dir: str | Path, data_config,
     also written to ``out_dir/download_summary.json``. ``out_dir`` may be an object-store URL:
     img2dataset then writes the shards there itself.
 
-    img2dataset starts its workers with multiprocessing's "spawn": a script calling this
+    ``data_config.distributor`` runs the shards in local processes or on a Ray or Spark cluster;
+    shards are the same either way, so a run resumes under another distributor. With a cluster,
+    ``out_dir`` must be a place every worker reaches (object storage, a shared disk).
+
+    img2dataset starts its local workers with multiprocessing's "spawn": a script calling this
     needs the usual ``if __name__ == "__main__":`` guard."""
     started = time.time()
+    check_distributor(data_config)
     manifest_path = location(manifest_path)
     out_dir = location(out_dir)
     manifest = load_manifest(fetch(manifest_path), data_config.url_col, data_config.caption_col)

@@ -11,11 +11,12 @@ Why a patch, in img2dataset 1.47.0 (the version this was written for and checked
 - It has no hook for a fetcher. ``Downloader.download_shard`` calls the module function
   ``img2dataset.downloader.download_image`` (through ``download_image_with_retry``), and
   ``download()`` builds its ``Downloader`` itself, under the name ``img2dataset.main.Downloader``.
-- Its workers are processes started with "spawn": they import img2dataset afresh, so a patch
-  made here would not reach them.
+- Its workers are processes started with "spawn", or Ray or Spark tasks on other machines: they
+  import img2dataset afresh, so a patch made here would not reach them.
 So the patch has two parts: while :func:`checked_download` runs, ``img2dataset.main.Downloader``
-builds a :class:`CheckedDownloader`; that object, pickled to each worker, installs
-:func:`fetch_image` as ``download_image`` in the worker before it downloads a shard.
+builds a :class:`CheckedDownloader`; that object, pickled to each worker (every distributor sends
+it with each shard), installs :func:`fetch_image` as ``download_image`` in the worker before it
+downloads a shard. No setup hook on the workers is needed.
 
 ``tests/test_img2dataset_patch.py`` fails when the installed img2dataset is not
 ``PATCHED_FOR_IMG2DATASET``: after an upgrade, check the points above (and whether a new option
@@ -69,8 +70,8 @@ def fetch_image(row, timeout, user_agent_token, disallowed_header_directives, ma
 
 
 class CheckedDownloader(Downloader):
-    """img2dataset's Downloader, installing :func:`fetch_image` in the (spawned) worker process
-    that runs it, before each shard."""
+    """img2dataset's Downloader, installing :func:`fetch_image` in the worker process (spawned,
+    or a Ray or Spark worker) that runs it, before each shard."""
 
     def __init__(self, *args, max_image_bytes: int, **kwargs):
         super().__init__(*args, **kwargs)

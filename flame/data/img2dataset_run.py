@@ -1,9 +1,11 @@
-"""One img2dataset run for ``flame download``: its settings from ``data.*``, its printing kept
-off our stdout, and its Ctrl-C handling turned back into ours afterwards."""
+"""One img2dataset run for ``flame download``: its settings from ``data.*``, its distributor
+(local processes, a Ray cluster or a Spark session), its printing kept off our stdout, and its
+Ctrl-C handling turned back into ours afterwards."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import sys
@@ -11,6 +13,12 @@ from pathlib import Path
 
 from flame.data.download_layout import SHARD_DIGITS
 from flame.data.img2dataset_patch import checked_download
+from flame.errors import FlameError
+from flame.paths import is_url
+
+# The package each distributor needs, and the install that brings it.
+DISTRIBUTOR_PACKAGES = {"ray": ("ray", "pip install 'flame-pipeline[cluster]'"),
+                        "pyspark": ("pyspark", "pip install pyspark")}
 
 
 @contextlib.contextmanager
@@ -35,16 +43,64 @@ def stdout_to_stderr():
             os.close(saved)
 
 
+def check_distributor(data_config) -> None:
+    """A FlameError when ``data.distributor`` needs a package that is not installed."""
+    distributor = data_config.distributor
+    if distributor not in DISTRIBUTOR_PACKAGES:
+        return
+    package, install = DISTRIBUTOR_PACKAGES[distributor]
+    # img2dataset's ray distributor silently does nothing when ray is missing: check first.
+    if importlib.util.find_spec(package) is None:
+        raise FlameError(f"data.distributor: {distributor} needs the {package} package, which is not "
+                         f"installed ({install}), or set data.distributor: multiprocessing")
+
+
+@contextlib.contextmanager
+def _spark_session(address: str | None):
+    """A Spark session on the master ``address`` for the run; img2dataset uses the active
+    session, and without one starts its own local[processes]."""
+    if address is None:
+        yield
+        return
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.master(address).appName("flame-download").getOrCreate()
+    try:
+        yield
+    finally:
+        spark.stop()
+
+
+def distributor_context(data_config):
+    """What the configured distributor needs around img2dataset's run."""
+    check_distributor(data_config)
+    if data_config.distributor == "ray":
+        from flame.cluster import session
+
+        # img2dataset's ray distributor submits its tasks to the cluster this process has joined.
+        return session(data_config.cluster_address)
+    if data_config.distributor == "pyspark":
+        return _spark_session(data_config.cluster_address)
+    return contextlib.nullcontext()
+
+
+def _absolute(path: Path) -> str:
+    # img2dataset means to make local paths absolute, but its test (fs.protocol == "file") misses
+    # fsspec's ("file", "local"): a relative path would reach workers whose working folder is not ours.
+    return str(path) if is_url(path) else str(Path(path).absolute())
+
+
 def run_img2dataset(input_parquet: Path, out_dir: Path, data_config, extra_columns: list[str]) -> None:
     """Download ``input_parquet``'s rows into ``out_dir`` in img2dataset's incremental mode
-    (shards whose stats file exists are skipped). Ctrl-C raises KeyboardInterrupt."""
+    (shards whose stats file exists are skipped), one task per shard on ``data.distributor``.
+    Ctrl-C raises KeyboardInterrupt."""
     previous_sigint = signal.getsignal(signal.SIGINT)  # img2dataset installs its own, for good
     try:
-        with stdout_to_stderr():
+        with stdout_to_stderr(), distributor_context(data_config):
             checked_download(
                 data_config.max_image_bytes,
-                url_list=str(input_parquet),
-                output_folder=str(out_dir),
+                url_list=_absolute(input_parquet),
+                output_folder=_absolute(out_dir),
                 input_format="parquet",
                 output_format="webdataset",
                 url_col="url",
@@ -54,6 +110,7 @@ def run_img2dataset(input_parquet: Path, out_dir: Path, data_config, extra_colum
                 resize_mode=data_config.resize_mode,
                 encode_format=data_config.encode_format,
                 number_sample_per_shard=data_config.number_sample_per_shard,
+                distributor=data_config.distributor,
                 processes_count=data_config.processes,
                 thread_count=data_config.threads,
                 timeout=data_config.timeout,

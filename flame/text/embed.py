@@ -6,62 +6,31 @@ configured view (caption field x facet set), ``captions_per_sample`` captions (c
 when a sample has fewer) times the set's facets. A shard file is the unit of work and
 of resumption: a shard whose stored embeddings were computed from the same input bytes
 (its recorded digest) is not recomputed unless asked; one whose input changed is.
+
+The shards are computed in this process or by a pool of Ray workers (``text.distributor``,
+``flame.text.embed_cluster``); either way this module decides what to compute and writes the
+store, so both make the same store. One shard's computing is ``flame.text.embed_shard``'s.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from flame.config import FlameConfig, TextConfig
-from flame.data.shards import ShardSample, iter_shard, list_shards, shard_name
+from flame.data.shards import list_shards, shard_name
 from flame.errors import FlameError
-from flame.digest import config_digest, sha256_file
 from flame.jsonl import iter_jsonl
+from flame.text.embed_shard import InputShard, ShardEmbedder, ShardResult, store_meta, text_config_key, worker_name
 from flame.text.encoder import TextEncoder
-from flame.text.prompts import normalise_caption
 from flame.text.llm import resolve_source
-from flame.text.store import FINGERPRINT_HEX, META_FILE, EmbeddingStore, fingerprint_of
+from flame.text.store import META_FILE, EmbeddingStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class InputShard:
-    name: str
-    path: Path
-    caption_col: str | None = None  # JSONL column holding the ``caption`` field's captions
-
-    def digest(self) -> str:
-        """What the store records of this input: the sha256 of the file's bytes (for a JSONL
-        read through a caption column, of those bytes and the column's name)."""
-        digest = sha256_file(self.path)
-        if self.caption_col and self.caption_col not in ("caption", "captions"):
-            digest = config_digest({"sha256": digest, "caption_col": self.caption_col})
-        return digest
-
-    def samples(self) -> Iterator[ShardSample]:
-        if self.path.suffix == ".tar":
-            yield from iter_shard(self.path, with_images=False)
-        else:
-            yield from iter_jsonl_samples(self.path, self.name, self.caption_col)
-
-
-def iter_jsonl_samples(path: Path, shard: str, caption_col: str | None = None) -> Iterator[ShardSample]:
-    """Samples of a JSONL manifest; key = its ``key`` field, else the zero-padded record index.
-    ``caption_col`` names the column read as the ``caption`` field (e.g. ``en``)."""
-    for index, (_, record) in enumerate(iter_jsonl(path)):
-        key = str(record["key"]) if record.get("key") is not None else f"{index:09d}"
-        if caption_col and caption_col not in ("caption", "captions"):
-            record = {**record, "captions": record.get(caption_col)}
-        yield ShardSample(key=key, shard=shard, text=None, meta=record)
 
 
 def input_shards(path: str | Path, caption_col: str | None = None) -> list[InputShard]:
@@ -75,32 +44,6 @@ def input_shards(path: str | Path, caption_col: str | None = None) -> list[Input
             pass
         return [InputShard(path.stem, path, caption_col)]
     raise FlameError(f"embedding input not found: {path}")
-
-
-def store_layout(config: TextConfig) -> list[dict]:
-    """Which caption field, caption index and facet each of the K columns holds."""
-    columns = []
-    for v, view in enumerate(config.views):
-        facets = config.facet_sets[view.facet_set].facets
-        for c in range(config.captions_per_sample):
-            for f in range(len(facets)):
-                columns.append({
-                    "column": len(columns), "view": v, "field": view.field, "facet_set": view.facet_set,
-                    "caption_index": c, "facet_index": f,
-                })
-    return columns
-
-
-def text_config_key(config: TextConfig) -> str:
-    """What names a store's text configuration without loading the LLM: the settings its
-    fingerprint follows, the LLM's weights aside (only resolving them can tell those)."""
-    used = sorted({view.facet_set for view in config.views})
-    return config_digest({
-        **{name: getattr(config, name) for name in ("llm", "gguf_file", "revision", "layer", "max_tokens", "bos_token")},
-        "facet_sets": {name: config.facet_sets[name].model_dump() for name in used},
-        "views": [view.model_dump() for view in config.views],
-        "captions_per_sample": config.captions_per_sample,
-    }, FINGERPRINT_HEX)
 
 
 def find_store(root: str | Path, config: TextConfig) -> EmbeddingStore | None:
@@ -120,32 +63,6 @@ def find_store(root: str | Path, config: TextConfig) -> EmbeddingStore | None:
     return found[0] if found else None
 
 
-def store_meta(encoder: TextEncoder, config: TextConfig) -> dict:
-    used = sorted({view.facet_set for view in config.views})
-    inputs = {
-        **{k: v for k, v in encoder.fingerprint_inputs.items() if k != "facet_sets"},
-        "facet_sets": {name: config.facet_sets[name].model_dump() for name in used},
-        "views": [view.model_dump() for view in config.views],
-        "captions_per_sample": config.captions_per_sample,
-    }
-    layout = store_layout(config)
-    return {
-        "fingerprint": fingerprint_of(inputs),
-        "fingerprint_inputs": inputs,
-        "text_config": text_config_key(config),
-        "encoder_fingerprint": encoder.fingerprint,
-        "K": len(layout),
-        "D": encoder.hidden_size,
-        "layer": encoder.layer,
-        # What the LLM computed in (bf16 on a GPU, fp32 on a CPU without bf16...): recorded,
-        # not fingerprinted, so a store stays usable on a machine that would pick another.
-        "compute_dtype": encoder.dtype_name,
-        "views": inputs["views"],
-        "captions_per_sample": config.captions_per_sample,
-        "layout": layout,
-    }
-
-
 ENCODING_FIELDS = ("llm", "gguf_file", "revision", "layer", "dtype", "max_tokens", "bos_token", "facet_sets")
 
 
@@ -154,124 +71,6 @@ def check_encoder_matches(encoder: TextEncoder, config: TextConfig) -> None:
     for name in ENCODING_FIELDS:
         if getattr(encoder.config, name) != getattr(config, name):
             raise FlameError(f"the encoder was built with a different text.{name} than this configuration")
-
-
-@dataclass
-class ShardResult:
-    keys: list[str]
-    embeddings: torch.Tensor
-    stats: dict = field(default_factory=dict)
-
-
-class ShardEmbedder:
-    """Turns one shard's samples into ``[n, K, D]`` normalised embeddings."""
-
-    def __init__(self, encoder: TextEncoder, config: TextConfig, progress: tqdm | None = None, chunk: int | None = None):
-        self.encoder = encoder
-        self.config = config
-        self.progress = progress
-        self.chunk = chunk or encoder.config.batch_size * 4
-        self.totals = {"prompts": 0, "tokens": 0}
-        self.started = time.perf_counter()
-        self.missing_field = 0
-
-    def _sample_captions(self, sample: ShardSample) -> tuple[list[list[str]] | None, int]:
-        """Per view, the ``captions_per_sample`` normalised captions (None if a view has none),
-        and how many empty captions the sample's fields hold (each field counted once)."""
-        kept_by_field, empty = {}, 0
-        for name in dict.fromkeys(view.field for view in self.config.views):
-            raw = sample.captions(name)
-            if not raw:
-                self.missing_field += 1
-            texts = [normalise_caption(t) for t in raw]
-            kept_by_field[name] = [t for t in texts if t]
-            empty += len(texts) - len(kept_by_field[name])
-        if not all(kept_by_field.values()):
-            return None, empty
-        n = self.config.captions_per_sample
-        return [[kept_by_field[v.field][i % len(kept_by_field[v.field])] for i in range(n)] for v in self.config.views], empty
-
-    def _encode_unique(self, unique: dict[str, set[str]], stats: dict) -> dict[str, dict[str, torch.Tensor]]:
-        """Each facet set's embeddings of its distinct captions. Chunks of the distinct captions
-        are encoded in every facet set that reads them before the next chunk, so the progress
-        bar advances by captions done."""
-        # Similar lengths together; the encoder also sorts inside each chunk.
-        ordered = sorted(sorted(set().union(*unique.values())), key=len, reverse=True) if unique else []
-        out: dict[str, dict[str, torch.Tensor]] = {fs: {} for fs in unique}
-        for start in range(0, len(ordered), self.chunk):
-            chunk = ordered[start:start + self.chunk]
-            for facet_set in sorted(unique):
-                part = [text for text in chunk if text in unique[facet_set]]
-                if not part:
-                    continue
-                emb, st = self.encoder.encode_with_stats(part, facet_set)
-                out[facet_set].update(zip(part, emb))
-                prompts = st.captions * self.encoder.num_facets(facet_set)
-                stats["truncated"] += st.truncated
-                stats["tokens"] += st.tokens
-                stats["prompts"] += prompts
-                self.totals["prompts"] += prompts
-                self.totals["tokens"] += st.tokens
-            if self.progress is not None:
-                self.progress.update(len(chunk))
-                elapsed = max(time.perf_counter() - self.started, 1e-9)
-                self.progress.set_postfix(prompts_s=f"{self.totals['prompts'] / elapsed:.1f}",
-                                          tokens_s=f"{self.totals['tokens'] / elapsed:.0f}")
-        return out
-
-    def embed(self, shard: InputShard) -> ShardResult:
-        stats = {"samples_in": 0, "samples": 0, "skipped_empty": 0, "empty_captions": 0,
-                 "unique_captions": 0, "truncated": 0, "prompts": 0, "tokens": 0,
-                 "compute_dtype": self.encoder.dtype_name}
-        keys: list[str] = []
-        skipped: list[str] = []
-        self.missing_field = 0
-        chosen: list[list[list[str]]] = []
-        seen: set[str] = set()
-        for sample in shard.samples():
-            stats["samples_in"] += 1
-            if sample.key in seen:
-                raise FlameError(f"{shard.path}: duplicate sample key {sample.key!r}")
-            seen.add(sample.key)
-            per_view, empty = self._sample_captions(sample)
-            stats["empty_captions"] += empty
-            if per_view is None:
-                skipped.append(sample.key)
-                continue
-            keys.append(sample.key)
-            chosen.append(per_view)
-        if not chosen and skipped and self.missing_field >= len(skipped):
-            fields = sorted({view.field for view in self.config.views})
-            raise FlameError(
-                f"{shard.path}: no sample has the caption field(s) {fields}; "
-                f"for a JSONL manifest name the caption column with --caption-col"
-            )
-        stats["skipped_empty"] = len(skipped)
-        stats["skipped_keys"] = skipped
-        stats["samples"] = len(keys)
-
-        unique: dict[str, set[str]] = {}
-        for per_view in chosen:
-            for view, texts in zip(self.config.views, per_view):
-                unique.setdefault(view.facet_set, set()).update(texts)
-        stats["unique_captions"] = len(set().union(*unique.values())) if unique else 0
-        if self.progress is not None:
-            self.progress.total = (self.progress.total or 0) + stats["unique_captions"]
-            self.progress.refresh()
-        encoded = self._encode_unique(unique, stats)
-
-        rows = []
-        for per_view in chosen:
-            parts = [
-                encoded[view.facet_set][text]
-                for view, texts in zip(self.config.views, per_view)
-                for text in texts
-            ]
-            rows.append(torch.cat(parts, dim=0))
-        d = self.encoder.hidden_size
-        k = len(store_layout(self.config))
-        emb = torch.stack(rows) if rows else torch.zeros((0, k, d))
-        return ShardResult(keys, F.normalize(emb.float(), dim=-1), stats)
 
 
 SUMMED_STATS = ("samples", "skipped_empty", "empty_captions", "truncated", "prompts", "tokens")
@@ -295,6 +94,56 @@ def _warn_skips(summary: dict, examples: list[str], fields: list[str]) -> None:
         log.warning("ignored %d empty caption(s) (nothing but whitespace)", summary["empty_captions"])
 
 
+class ShardRunner(Protocol):
+    """Computes shards somewhere (this process, a pool of cluster workers) for ``embed_shards``,
+    which owns the store: what to skip, the digests, the writes and the summary."""
+
+    def store_meta(self) -> dict: ...
+
+    def run(self, shards: list[InputShard], bar: tqdm) -> Iterator[tuple[InputShard, ShardResult]]:
+        """Each of ``shards`` with its result, in the order they finish; advances ``bar`` by captions."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalRunner:
+    """Embeds the shards in this process, one after another, with one encoder."""
+
+    def __init__(self, text_config: TextConfig, encoder: TextEncoder | None = None):
+        self.text_config = text_config
+        self.encoder = encoder or TextEncoder.from_config(text_config)
+        check_encoder_matches(self.encoder, text_config)
+
+    def store_meta(self) -> dict:
+        return store_meta(self.encoder, self.text_config)
+
+    def run(self, shards: list[InputShard], bar: tqdm) -> Iterator[tuple[InputShard, ShardResult]]:
+        embedder = ShardEmbedder(self.encoder, self.text_config, bar)
+        here = worker_name()
+        for shard in shards:
+            bar.set_description(f"embedding {shard.name}")
+            result = embedder.embed(shard)
+            result.worker = here
+            yield shard, result
+
+    def close(self) -> None:
+        pass
+
+
+def make_runner(text_config: TextConfig, encoder: TextEncoder | None = None) -> ShardRunner:
+    """What ``text.distributor`` names: this process (over ``encoder`` if given), or a pool of
+    Ray workers that load their own."""
+    if text_config.distributor == "local":
+        return LocalRunner(text_config, encoder)
+    if encoder is not None:
+        raise FlameError("text.distributor=ray: the workers load their own encoder; pass none "
+                         "(or set text.distributor=local)")
+    from flame.text.embed_cluster import RayRunner
+
+    return RayRunner(text_config)
+
+
 def embed_shards(
     text_config: TextConfig,
     shards: list[InputShard],
@@ -303,6 +152,7 @@ def embed_shards(
     max_shards: int | None = None,
     progress: bool = True,
     recompute: bool = False,
+    runner: ShardRunner | None = None,
 ) -> dict:
     """Embed ``shards`` into the store under ``out_dir`` (the one for this encoder and prompts).
 
@@ -310,13 +160,23 @@ def embed_shards(
     ``InputShard.digest``), unless ``recompute``; one whose input changed since (or whose file
     records no digest) is re-embedded and counted in ``shards_stale``. ``max_shards`` stops
     after computing that many (the rest stay for a rerun). Every shard file is written
-    atomically, replacing the old one. Returns a summary with the store path and its validation.
-    The progress bar counts captions: the distinct caption texts of each shard it embeds.
+    atomically, replacing the old one. Returns a summary with the store path and its validation,
+    and which worker computed each shard (``workers``: shard -> ``<node>/<pid>``).
+    The shards are computed by ``runner`` (default: ``make_runner``, over ``encoder`` where
+    the distributor is local), which is closed at the end. The progress bar counts captions:
+    the distinct caption texts of each shard it embeds.
     """
     start = time.perf_counter()
-    encoder = encoder or TextEncoder.from_config(text_config)
-    check_encoder_matches(encoder, text_config)
-    store = EmbeddingStore.create(out_dir, store_meta(encoder, text_config))
+    runner = runner or make_runner(text_config, encoder)
+    try:
+        return _embed_with(runner, text_config, shards, out_dir, max_shards, progress, recompute, start)
+    finally:
+        runner.close()
+
+
+def _embed_with(runner: ShardRunner, text_config: TextConfig, shards: list[InputShard], out_dir: str | Path,
+                max_shards: int | None, progress: bool, recompute: bool, start: float) -> dict:
+    store = EmbeddingStore.create(out_dir, runner.store_meta())
     # Hashed before the shard is read: a file that changes after this is seen as stale next time.
     digests = {s.name: s.digest() for s in shards}
     recorded = {s.name: _recorded_digest(store, s.name) for s in shards}
@@ -328,22 +188,24 @@ def embed_shards(
     summary = {"store": str(store.path), "fingerprint": store.fingerprint, "K": store.K, "D": store.D,
                "shards_total": len(shards), "shards_skipped": len(shards) - len(missing),
                "shards_stale": len(stale), "shards_done": 0, "captions": 0,
-               **{key: 0 for key in SUMMED_STATS}}
+               **{key: 0 for key in SUMMED_STATS}, "workers": {}}
     skipped_examples: list[str] = []
     bar = tqdm(desc="embedding captions", unit="caption", disable=not progress, dynamic_ncols=True)
-    embedder = ShardEmbedder(encoder, text_config, bar)
+    embedding_start = time.perf_counter()
     try:
-        for shard in todo:
-            bar.set_description(f"embedding {shard.name}")
-            result = embedder.embed(shard)
+        for shard, result in runner.run(todo, bar):
             store.write(shard.name, result.keys, result.embeddings, result.stats, input_digest=digests[shard.name])
             summary["shards_done"] += 1
             summary["captions"] += result.stats["unique_captions"]
+            summary["workers"][shard.name] = result.worker
             for key in SUMMED_STATS:
                 summary[key] += result.stats[key]
             skipped_examples += [f"{shard.name}/{k}" for k in result.stats["skipped_keys"][:5 - len(skipped_examples)]]
     finally:
         bar.close()
+    # The computing alone: from the encoder (or the first worker) ready and the inputs hashed to
+    # the last shard written.
+    summary["embedding_seconds"] = round(time.perf_counter() - embedding_start, 3)
     _warn_skips(summary, skipped_examples, sorted({view.field for view in text_config.views}))
     summary["shards_remaining"] = len([s for s in shards if _recorded_digest(store, s.name) != digests[s.name]])
     summary["seconds"] = round(time.perf_counter() - start, 3)
@@ -366,10 +228,15 @@ def run_embedding(
     the store under ``out_dir``; see ``embed_shards``.
 
     ``rank``/``world_size`` split the shards between processes (shard i goes to rank
-    i % world_size); shard files are atomic, so processes never collide.
+    i % world_size); shard files are atomic, so processes never collide. With
+    ``text.distributor: ray`` one process spreads the shards over a pool of Ray workers
+    instead (``flame.text.embed_cluster``).
     """
     if not 0 <= rank < world_size:
         raise FlameError(f"rank {rank} is not in 0..{world_size - 1} (world size {world_size})")
     text_config = config.text if isinstance(config, FlameConfig) else config
     shards = input_shards(input_path, caption_col)[rank::world_size]
+    if text_config.distributor == "ray" and world_size > 1:
+        raise FlameError(f"text.distributor=ray starts its own {text_config.workers} worker(s): "
+                         f"run one process, not world size {world_size}")
     return embed_shards(text_config, shards, out_dir, encoder=encoder, max_shards=max_shards, progress=progress)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from flame.cache import cache_dir as flame_cache_dir
-from flame.device import default_device, has_fast_bf16
+from flame.device import has_fast_bf16, local_device
 from flame.errors import FlameError
 from flame.digest import Digest, sampled_file_digest, sha256_file
 
@@ -185,12 +185,13 @@ def load_llm(
     cache_dir: str | None = None,
     device: str | torch.device | None = None,
 ) -> LoadedLLM:
-    """Load the causal LM and tokenizer in eval mode, frozen, on ``device``."""
+    """Load the causal LM and tokenizer in eval mode, frozen, on ``device`` (auto, cpu, cuda or cuda:N,
+    resolved by ``flame.device.local_device``; default auto)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
     source = resolve_source(llm, gguf_file, revision)
-    device = torch.device(device) if device is not None else default_device()
+    device = local_device("auto" if device is None else device, setting="device")
     torch_dtype = resolve_dtype(dtype, device)
     from_cache = False
     if source.gguf_file:

@@ -1,17 +1,24 @@
-"""torch.distributed set-up from torchrun's environment variables (RANK, WORLD_SIZE, LOCAL_RANK), and every
-collective the trainer and the losses use. Their tensors live on the process's device: NCCL takes only CUDA
-tensors."""
+"""torch.distributed set-up from the environment variables torchrun and Ray Train set (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR/PORT) and the device the process was told to train on, and every collective the
+trainer and the losses use. Their tensors live on the process's device: NCCL takes only CUDA tensors."""
 
 from __future__ import annotations
 
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch.nn.parallel import DistributedDataParallel
+
+from flame.errors import FlameError
+
+
+# The process group's backend for the device a process trains on.
+BACKENDS = {"cpu": "gloo", "cuda": "nccl"}
 
 
 @dataclass
@@ -21,6 +28,9 @@ class DistContext:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     owns_group: bool = False
+    # A gloo group for the host's own small collectives (``all_reduce_int``) when the main group is
+    # NCCL: a count read back from a GPU would wait for every kernel queued before it. None: the main group.
+    host_group: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -31,21 +41,29 @@ class DistContext:
         return self.world_size > 1
 
 
-def init_distributed() -> DistContext:
-    """Join the process group torchrun describes (gloo on CPU, NCCL on GPUs); else single process."""
+def init_distributed(device: torch.device) -> DistContext:
+    """Join the process group torchrun or Ray Train describe (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)
+    with ``device`` as this process's device (``flame.device.local_device`` resolves it): its type picks the
+    backend, gloo for the CPU, NCCL for a GPU. Without WORLD_SIZE > 1, a single process. A group that exists
+    already (Ray Train makes its own) is used as it is."""
+    device = torch.device(device)
+    if device.type not in BACKENDS:
+        raise FlameError(f"cannot train on {device}: a process group needs a cpu or cuda device")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
     if world <= 1:
         return DistContext(device=device)
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
+        dist.init_process_group(backend=BACKENDS[device.type], device_id=device if device.type == "cuda" else None)
         owns = True
-    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, owns)
+    elif device.type == "cpu" and dist.get_backend() == "nccl":
+        raise FlameError("the process group was made with NCCL, which cannot reduce CPU tensors, but this process "
+                         "trains on the CPU (train.device); set train.device to cuda or auto")
+    host_group = dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else None
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, owns, host_group)
 
 
 def cleanup(ctx: DistContext) -> None:
@@ -62,10 +80,12 @@ def all_reduce(value: torch.Tensor, ctx: DistContext, op=dist.ReduceOp.SUM) -> t
 
 
 def all_reduce_int(value: int, ctx: DistContext, op=dist.ReduceOp.SUM) -> int:
+    """``value`` reduced over all ranks, through the host group when there is one (no GPU sync)."""
     if not ctx.enabled:
         return value
-    tensor = torch.tensor(value, dtype=torch.int64, device=ctx.device)
-    dist.all_reduce(tensor, op=op)
+    device = torch.device("cpu") if ctx.host_group is not None else ctx.device
+    tensor = torch.tensor(value, dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=op, group=ctx.host_group)
     return int(tensor)
 
 

@@ -7,7 +7,9 @@ baseline's caption field). Its ``id`` names the training's folder; a resume and 
 compare identities. The settings of ``NON_WEIGHT_SETTINGS`` change no weight and are left
 out, so they may change between runs of the same training: ``--epochs`` extends a run
 (the LR horizon is kept, see ``flame.train.run_training``), logging and checkpoint cadence,
-the LLM's batch size (of ``flame embed``) and its cache folder.
+the device and when NaN/Inf is looked for (a training may resume on another machine), the
+LLM's batch size (of ``flame embed``), its cache folder and where the embedding ran (its Ray
+workers and cluster).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from flame.digest import config_digest
 from flame.errors import FlameError
 
 NON_WEIGHT_SETTINGS: dict[str, tuple[str, ...]] = {
-    "train": ("epochs", "log_every_steps", "checkpoint_every_steps"),
-    "text": ("batch_size", "cache_dir"),
+    "train": ("epochs", "log_every_steps", "checkpoint_every_steps", "device", "nonfinite_check"),
+    "text": ("batch_size", "cache_dir", "distributor", "cluster_address", "workers", "worker_cpus", "worker_gpus",
+             "worker_retries"),
 }
 ID_HEX = 12
 

@@ -11,6 +11,8 @@ and a resume of another training is refused, naming what changed.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +23,7 @@ from tqdm.auto import tqdm
 
 from flame import checkpoint as ckpt
 from flame.config import FlameConfig
+from flame.device import local_device
 from flame.errors import FlameError
 from flame.model import FlameModel, ModelConfig
 from flame.text_modes import training_side
@@ -32,7 +35,7 @@ from flame.train.identity import TrainingIdentity, training_identity
 from flame.train.losses import get_loss
 from flame.train.optim import build_optimizer, build_scheduler
 from flame.train.precision import resolve_precision
-from flame.train.progress import TrainProgress
+from flame.train.progress import DeviceLosses, TrainProgress
 from flame.train.step import NonFiniteError, TrainStep
 
 log = logging.getLogger(__name__)
@@ -55,8 +58,12 @@ def run_training(
     same schedule as an uninterrupted one. ``on_checkpoint`` is called on rank 0 after each save
     (e.g. to publish the folder to object storage). With ``text.mode: clip`` (the CLIP baseline) a text
     tower is trained jointly on the shards' raw captions and ``embeddings_dir`` is not used.
+
+    The process trains on ``train.device`` (``flame.device.local_device``), in the process group that
+    torchrun or Ray Train describe in its environment. Under torchrun with ``--max-restarts`` above 0 it
+    resumes its own checkpoint without ``resume``, as a restarted rank must (``restarts_allowed``).
     """
-    ctx = init_distributed()
+    ctx = init_distributed(local_device(config.train.device))
     try:
         mode = training_side(config, shards_dir, embeddings_dir)
         trainer = _Trainer(config, mode, Path(shards_dir), Path(out_dir), epochs, resume, tracker, ctx)
@@ -64,6 +71,24 @@ def run_training(
         return trainer.run()
     finally:
         cleanup(ctx)
+
+
+# What torchrun's environment needs for its restarts to work: by default the launchers share their
+# rendezvous store with the ranks, and restarted ranks can read there the addresses of the ranks
+# they replace, and fail to connect (pytorch/pytorch#135712).
+RESTARTABLE_TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
+def restarts_allowed() -> bool:
+    """Whether torchrun may restart this process (``--max-restarts`` above 0). A restarted process must
+    continue the checkpoint its first run left, so then a checkpoint folder holding this same training
+    is resumed without ``resume`` (the identity check still refuses another training's)."""
+    allowed = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
+    if allowed and int(os.environ.get("RANK", "0")) == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        log.warning("torchrun may restart the ranks, but shares its rendezvous store with them: restarted ranks "
+                    "can fail to connect to each other. Launch torchrun with %s",
+                    " ".join(f"{k}={v}" for k, v in RESTARTABLE_TORCHRUN_ENV.items()))
+    return allowed
 
 
 class _Trainer:
@@ -77,11 +102,13 @@ class _Trainer:
             raise FlameError(f"train.batch_size={self.cfg.batch_size} is not divisible by {ctx.world_size} processes")
         self.local_batch = self.cfg.batch_size // ctx.world_size
         self.target_epochs = epochs or self.cfg.epochs
-        self.resume = resume
+        self.resume = resume or restarts_allowed()
         self.external_tracker = tracker
         self.on_checkpoint: Callable[[], None] | None = None
         self.loss_fn = get_loss(self.cfg.loss)
         self.precision = resolve_precision(self.cfg.precision, ctx.device)
+        check = self.cfg.nonfinite_check
+        self.nonfinite_check = check if check != "auto" else "every_step" if ctx.device.type == "cpu" else "log_steps"
 
     # ---- set-up ---------------------------------------------------------------------
     def _prepare_data(self) -> None:
@@ -164,6 +191,7 @@ class _Trainer:
             self.model, data_parallel(self.model, self.ctx),
             self.mode.features, self.optimizer, self.scheduler, self.loss_fn, self.precision, self.cfg.grad_clip,
             self.cfg.max_logit_scale, self.ctx, self.cfg.attention,
+            check_every_step=self.nonfinite_check == "every_step",
         )
 
     def _tracker(self, resumed_from: int | None):
@@ -181,6 +209,7 @@ class _Trainer:
         state = self._load_resume_state()
         self._build_model(state)
         self.progress = TrainProgress() if state is None else TrainProgress.from_state(state)
+        self.losses = DeviceLosses(self.ctx.device)
         if state is not None and state["steps_per_epoch"] != self.steps_per_epoch:
             raise FlameError(
                 f"refusing to resume {self.out_dir}: the shards now give {self.steps_per_epoch} steps per epoch, "
@@ -230,6 +259,8 @@ class _Trainer:
                 break
         if to_skip == 0:
             progress.epoch_corrupt = 0
+        self.losses.start_epoch(progress.epoch_loss_sum)
+        self.read_at = (progress.step, time.perf_counter())
         bar = tqdm(total=self.steps_per_epoch, initial=to_skip, desc=f"epoch {epoch + 1}/{self.target_epochs}",
                    unit="step", disable=not ctx.is_main, dynamic_ncols=True)
         last = time.perf_counter()
@@ -242,34 +273,65 @@ class _Trainer:
             try:
                 loss = self.train_step(batch["pixels"], batch["texts"])
             except NonFiniteError as exc:
-                self._fail_non_finite(str(exc))
-            progress.record_step(loss)
+                self._fail_non_finite(str(exc), f"step {progress.step + 1}", "nothing was saved for this step")
+            progress.record_step()
+            self.losses.add(loss)
             now = time.perf_counter()
             timing["images"] += self.local_batch * ctx.world_size
             timing["seconds"] += now - last
             timing["wait"] += waited
-            img_s = self.local_batch * ctx.world_size / max(now - last, 1e-9)
-            bar.set_postfix(img_s=f"{img_s:.1f}", loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             bar.update(1)
-            if tracker and (progress.step % self.cfg.log_every_steps == 0 or progress.step == 1):
-                tracker.log_metrics({
-                    "train/loss": loss, "train/lr": lr, "train/img_per_s": img_s,
-                    "train/logit_scale": float(self.model.logit_scale.detach().exp()),
-                    "train/logit_bias": float(self.model.logit_bias.detach()), "train/epoch": epoch,
-                }, step=progress.step)
+            # Only here is the loss read back from the device: at log steps (and step 1), before a
+            # checkpoint and at the epoch's end. A readback waits for every queued step.
+            log_now = progress.step % self.cfg.log_every_steps == 0 or progress.step == 1
             every = self.cfg.checkpoint_every_steps
-            if every and progress.step % every == 0 and progress.step_in_epoch < self.steps_per_epoch:
+            save_now = every and progress.step % every == 0 and progress.step_in_epoch < self.steps_per_epoch
+            if log_now or save_now:
+                img_s = self._read_losses()
+            if log_now:
+                bar.set_postfix(img_s=f"{img_s:.1f}", loss=f"{progress.last_loss:.4f}", lr=f"{lr:.2e}")
+                if tracker:
+                    scale, bias = torch.stack([self.model.logit_scale.detach().exp(),
+                                               self.model.logit_bias.detach()]).tolist()
+                    tracker.log_metrics({
+                        "train/loss": progress.last_loss, "train/lr": lr, "train/img_per_s": img_s,
+                        "train/logit_scale": scale, "train/logit_bias": bias, "train/epoch": epoch,
+                    }, step=progress.step)
+            if save_now:
                 self._save()
             last = time.perf_counter()
         bar.close()
         while self._next_batch(iterator) is not None:  # collect skip counts of the remainder
             pass
+        self._read_losses()
         progress.end_epoch(skipped_corrupt=all_reduce_int(progress.epoch_corrupt, ctx))
         if tracker:
             tracker.log_metrics({"train/epoch_loss": progress.losses[-1],
                                  "train/skipped_corrupt": progress.skipped_corrupt, "epoch": progress.epoch},
                                 step=progress.step)
         self._save()
+
+    def _read_losses(self) -> float:
+        """Bring the losses of the steps since the last read to the host (one transfer), stop on a NaN/Inf
+        among them (``train.nonfinite_check: log_steps``), and return the images per second since then."""
+        progress = self.progress
+        unchecked = self.train_step.take_unchecked()
+        read = self.losses.read(*([unchecked] if unchecked is not None else []))
+        since_step, since = self.read_at
+        now = time.perf_counter()
+        self.read_at = (progress.step, now)
+        if read is None:
+            return 0.0
+        epoch_loss_sum, last_loss, watched = read
+        if watched and not math.isfinite(watched[0]):
+            first = since_step + 1
+            steps = f"step {first}" if first == progress.step else f"one of steps {first}-{progress.step}"
+            self._fail_non_finite(
+                "the loss or gradient norm is not finite", steps,
+                "train.nonfinite_check: log_steps looked only now, so the weights in memory may have taken those "
+                "steps, but no checkpoint holds them")
+        progress.record_losses(epoch_loss_sum, last_loss)
+        return (progress.step - since_step) * self.local_batch * self.ctx.world_size / max(now - since, 1e-9)
 
     def _warn_skips(self) -> None:
         # Samples without texts were reported when the data was planned; undecodable images
@@ -278,13 +340,13 @@ class _Trainer:
             log.warning("skipped %d undecodable image(s) in each epoch (skipped.corrupt_images in the summary)",
                         self.progress.skipped_corrupt)
 
-    def _fail_non_finite(self, what: str) -> None:
+    def _fail_non_finite(self, what: str, steps: str, applied: str) -> None:
         progress = self.progress
         kept = (f"the last good checkpoint in {self.out_dir} (step {ckpt.load_train_state(self.out_dir)['step']}) is kept"
                 if ckpt.has_checkpoint(self.out_dir) else "no checkpoint had been written yet")
         raise FlameError(
-            f"training stopped: {what} at epoch {progress.epoch + 1}, step {progress.step + 1}; nothing was saved "
-            f"for this step and {kept}. Lower train.lr or check the embeddings in {self.mode.source} for NaN/Inf"
+            f"training stopped: {what} at epoch {progress.epoch + 1}, {steps}; {applied}, and {kept}. "
+            f"Lower train.lr or check the embeddings in {self.mode.source} for NaN/Inf"
         )
 
     def _save(self) -> None:
@@ -320,6 +382,7 @@ class _Trainer:
             "skipped": {"corrupt_images": progress.skipped_corrupt, "missing_embeddings": self.plan.missing},
             "precision": self.precision,
             "device": str(self.ctx.device),
+            "nonfinite_check": self.nonfinite_check,
             "text_fingerprint": self.mode.text_fingerprint,
             "embedding_store": self.mode.source_fingerprint,
             "training_id": self.identity.id,

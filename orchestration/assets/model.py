@@ -1,6 +1,7 @@
-"""Model assets over the registered data shards: train (a Dagster Pipes subprocess, plain
-Python or torchrun), evaluate on the configured benchmarks, then log, register and gate in
-MLflow. Each calls its step in ``flame.app.pipeline``; around it, this module records the
+"""Model assets over the registered data shards: train (through Dagster Pipes: a subprocess,
+plain Python or torchrun, or Ray Train, beside the step or as a Ray job; see
+``orchestration.train_launch``), evaluate on the configured benchmarks, then log, register and
+gate in MLflow. Each calls its step in ``flame.app.pipeline``; around it, this module records the
 data versions with DVC (``orchestration.versioning``) and what the Dagster UI shows.
 
 Built from the configuration (``model_assets``): the Launchpad's run config defaults to the
@@ -10,9 +11,6 @@ and the blocking checks of the assets it reads passed.
 """
 
 import json
-import shutil
-import sys
-from pathlib import Path
 
 from dagster import (
     AssetExecutionContext,
@@ -28,7 +26,7 @@ from pydantic import Field
 
 from flame import checkpoint
 from flame.app import pipeline
-from flame.config import FlameConfig, repo_root
+from flame.config import FlameConfig
 from flame.errors import FlameError
 from flame.mlflow.store import connect
 from orchestration.code_versions import code_version
@@ -37,7 +35,9 @@ from orchestration.lineage import upstream
 from orchestration.metadata import inline_png, md_table, mlflow_run_url, mlflow_ui, model_version_url
 from orchestration.partitions import DATA_SHARDS
 from orchestration.pools import TRAIN_POOL
+from orchestration.ray_train import TAG_CLUSTER, TAG_JOB, TAG_WORLD_SIZE
 from orchestration.resources import FlameConfigResource, MlflowResource, StorageResource, runtime_config
+from orchestration.train_launch import launch
 from orchestration.versioning import DATA_STAGES, MODEL_STAGES, record_and_tag, record_training_set
 
 MODEL_GROUP = "model"
@@ -45,16 +45,6 @@ MODEL_GROUP = "model"
 AUTOMATION = AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed()
 DATA_PATHS = ("data/shards", "data/embeddings")
 TRAINING_SET_PATHS = DATA_PATHS + ("data/training_sets",)
-
-
-def _launcher(config: FlameConfig) -> list[str]:
-    """``orchestration.train_launcher``, its program found beside this Python if not on PATH."""
-    launcher = list(config.orchestration.train_launcher) or [sys.executable]
-    if not shutil.which(launcher[0]):
-        beside = Path(sys.executable).parent / launcher[0]
-        if beside.exists():
-            launcher[0] = str(beside)
-    return launcher
 
 
 def training_run_config(config: FlameConfig) -> type[Config]:
@@ -85,9 +75,11 @@ def flame_model_asset(config: FlameConfig) -> AssetsDefinition:
     @asset(name="flame_model", group_name=MODEL_GROUP, deps=["image_shards", "caption_embeddings"],
            kinds={"pytorch"}, op_tags=config.orchestration.train_op_tags, pool=TRAIN_POOL,
            automation_condition=AUTOMATION,
-           code_version=code_version("flame.train", "flame.model", "flame.text_modes", "flame.data.plan", "orchestration.train_step"),
-           description="The FLAME model trained on exactly the registered data shards, in a Dagster Pipes "
-           "subprocess (plain Python, or torchrun per orchestration.train_launcher).")
+           code_version=code_version("flame.train", "flame.model", "flame.text_modes", "flame.data.plan",
+                                     "orchestration.train_step", "orchestration.ray_train"),
+           description="The FLAME model trained on exactly the registered data shards, through Dagster Pipes: "
+           "a subprocess (plain Python, or torchrun per orchestration.train_launcher) or Ray Train workers "
+           "(orchestration.ray_train), beside the step or as a Ray job (orchestration.train_pipes).")
     def flame_model(
         context: AssetExecutionContext,
         config: TrainingRun,
@@ -114,15 +106,15 @@ def flame_model_asset(config: FlameConfig) -> AssetsDefinition:
             else:
                 versions = record_and_tag(params.parent, settings, params, paths.root, DATA_STAGES, DATA_PATHS)
             context.log.info(f"training {training_id} on {len(inputs.shards)} data shards into {out}; data {versions}")
-            command = _launcher(settings) + [
-                "-m", "orchestration.train_step", "--config", str(params), "--profile", settings.profile,
+            arguments = [
+                "--config", str(params), "--profile", settings.profile,
                 "--overrides-json", json.dumps({"train": overrides}), "--training-set", str(training_set.root),
                 "--training-id", training_id, "--out", str(out), "--tracking-uri", uri,
                 "--run-name", f"dagster-{context.run_id[:8]}",
-                "--tags-json", json.dumps({**versions, "dagster.run_id": context.run_id}),
             ]
-            invocation = pipes_subprocess_client.run(context=context, command=command, cwd=str(repo_root()))
-        meta = dict(invocation.get_materialize_result().metadata or {})
+            invocation, launched = launch(context, settings, arguments, {**versions, "dagster.run_id": context.run_id},
+                                          pipes_subprocess_client)
+        meta = {**dict(invocation.get_materialize_result().metadata or {}), **launched}
         raw = {k: getattr(v, "value", v) for k, v in meta.items()}
         if raw.get("mlflow_run_id"):
             meta["mlflow_run"] = mlflow_run_url(mlflow_ui(uri, settings.tracking.ui_url), raw["mlflow_experiment_id"],
@@ -182,6 +174,13 @@ def run_has_ended(instance, holder: str) -> bool:
     return run is not None and run.is_finished
 
 
+def where_trained(trained: dict) -> dict[str, str]:
+    """Tags for the model version naming where its training ran: its world size and, on Ray,
+    the cluster and the job."""
+    keys = {"world_size": TAG_WORLD_SIZE, "ray_cluster": TAG_CLUSTER, "ray_job": TAG_JOB}
+    return {tag: str(trained[key]) for key, tag in keys.items() if trained.get(key) not in (None, "")}
+
+
 def _number(value) -> float:
     return float("nan") if value is None else float(value)
 
@@ -208,7 +207,7 @@ def registered_model(context: AssetExecutionContext, flame_config: FlameConfigRe
         lineage = record_and_tag(params.parent, settings, params, paths.root, MODEL_STAGES, TRAINING_SET_PATHS)
     run_id = trained.get("mlflow_run_id")
     decision = pipeline.register(settings, trained["checkpoint"], training_id=trained["training_id"], run_id=run_id,
-                                 lineage=lineage)
+                                 lineage={**lineage, **where_trained(trained)})
     base = mlflow_ui(settings.tracking.tracking_uri, settings.tracking.ui_url)
     return MaterializeResult(
         metadata={

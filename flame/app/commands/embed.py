@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from flame.config import FlameConfig
 from flame.errors import FlameError
@@ -30,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
                         help="number of processes sharing the shards; shard i goes to rank i %% world size "
                         "(default: $WORLD_SIZE or 1)")
+    parser.add_argument("--distributor", choices=("local", "ray"), default=None,
+                        help="override text.distributor: embed in this process, or on a pool of Ray workers "
+                        "that each load the LLM once")
+    parser.add_argument("--workers", type=int, default=None, help="override text.workers (Ray workers)")
+    parser.add_argument("--cluster-address", default=None,
+                        help="override text.cluster_address (default: $RAY_ADDRESS, else a Ray on this machine)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -42,6 +49,11 @@ def run(args: argparse.Namespace, config: FlameConfig) -> int:
         if args.batch_size < 1:
             raise FlameError(f"--batch-size must be >= 1 (got {args.batch_size})")
         config.text.batch_size = args.batch_size
+    if args.workers is not None and args.workers < 1:
+        raise FlameError(f"--workers must be >= 1 (got {args.workers})")
+    for name in ("distributor", "workers", "cluster_address"):
+        if getattr(args, name) is not None:
+            setattr(config.text, name, getattr(args, name))
     summary = run_embedding(config, args.input, args.out, max_shards=args.max_shards,
                             progress=not args.no_progress, caption_col=args.caption_col,
                             rank=args.rank, world_size=args.world_size)
@@ -52,7 +64,8 @@ def run(args: argparse.Namespace, config: FlameConfig) -> int:
         f"skipped {summary['shards_skipped']} already done, "
         f"{summary['shards_remaining']} remaining; {summary['samples']} samples, "
         f"{summary['skipped_empty']} skipped (empty captions), {summary['truncated']} truncated captions, "
-        f"{summary['seconds']:.1f}s -> {summary['store']}"
+        f"{summary['seconds']:.1f}s -> {summary['store']}",
+        file=sys.stderr,
     )
     print(json.dumps(summary, sort_keys=True))
     if summary["shards_remaining"] == 0 and not validation["ok"]:
