@@ -23,12 +23,12 @@ import sys
 import threading
 import uuid
 from argparse import Namespace
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
-from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
+from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR
 
 from flame import cluster
-from flame.config import ConfigError, FlameConfig
+from flame.config import FlameConfig
 from flame.errors import FlameError
 from orchestration import train_step
 
@@ -159,18 +159,7 @@ def train(args: Namespace, log=None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = train_step.build_parser("python -m orchestration.ray_train", __doc__.splitlines()[0]).parse_args(argv)
-    with (open_dagster_pipes() if DAGSTER_PIPES_CONTEXT_ENV_VAR in os.environ else nullcontext()) as pipes:
-        try:
-            meta = train(args, pipes.log if pipes is not None else None)
-        except (FlameError, ConfigError) as exc:
-            print(f"training: error: {exc}", file=sys.stderr)
-            if pipes is not None:
-                pipes.log.error(str(exc))
-            return 2
-        if pipes is not None:
-            pipes.report_asset_materialization(metadata=meta)
-        print(json.dumps(meta))
-    return 0
+    return train_step.report(train, args, DAGSTER_PIPES_CONTEXT_ENV_VAR in os.environ)
 
 
 if __name__ == "__main__":

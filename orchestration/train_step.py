@@ -88,12 +88,12 @@ def run(args: argparse.Namespace, log=None) -> dict:
     return meta
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    reporting = int(os.environ.get("RANK", "0")) == 0 and DAGSTER_PIPES_CONTEXT_ENV_VAR in os.environ
+def report(train, args: argparse.Namespace, reporting: bool) -> int:
+    """``train(args, pipes_log)``, its summary printed and, when ``reporting`` to Dagster Pipes,
+    sent as the materialisation; a FlameError or ConfigError is one error line and exit 2."""
     with (open_dagster_pipes() if reporting else nullcontext()) as pipes:
         try:
-            meta = run(args, pipes.log if pipes is not None else None)
+            meta = train(args, pipes.log if pipes is not None else None)
         except (FlameError, ConfigError) as exc:
             print(f"training: error: {exc}", file=sys.stderr)
             if pipes is not None:
@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
             pipes.report_asset_materialization(metadata=meta)
         print(json.dumps(meta))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return report(run, args, int(os.environ.get("RANK", "0")) == 0 and DAGSTER_PIPES_CONTEXT_ENV_VAR in os.environ)
 
 
 if __name__ == "__main__":

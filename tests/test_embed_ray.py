@@ -4,19 +4,18 @@ SIGKILL while it embeds costs only its shard in progress (real SmolLM2, real Ray
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from benchmarks.embed_scaling import write_shards
 from flame.config import load_config, repo_root
 from flame.text.embed import run_embedding
 from flame.text.store import EmbeddingStore
@@ -32,16 +31,7 @@ WORKER_CLASS = "ShardEmbedWorker"
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory) -> Path:
     """Webdataset shards of the sample captions (5 per sample, the tiny profile's K), no images."""
-    rows = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
-    root = tmp_path_factory.mktemp("ray_embed_shards")
-    for s in range(SHARDS):
-        with tarfile.open(root / f"{s:05d}.tar", "w") as tar:
-            for i, row in enumerate(rows[s * PER_SHARD:(s + 1) * PER_SHARD]):
-                data = json.dumps({"caption": row["caption"], "captions": row["captions"]}).encode("utf-8")
-                info = tarfile.TarInfo(f"{s:05d}{i:04d}.json")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return root
+    return write_shards(tmp_path_factory.mktemp("ray_embed_shards"), SHARDS, PER_SHARD)
 
 
 @pytest.fixture(scope="module")
