@@ -22,7 +22,6 @@ from flame.text.store import EmbeddingStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
-SAMPLE = repo_root() / "data" / "sample" / "train.jsonl"
 # Enough shards that a worker is still busy when the first one is written (each takes seconds).
 SHARDS, PER_SHARD = 6, 10
 WORKER_CLASS = "ShardEmbedWorker"
