@@ -22,11 +22,14 @@ def test_settings_that_change_no_weight_keep_the_identity():
     config = tiny_train_config(epochs=9, log_every_steps=7, checkpoint_every_steps=3, device="cuda:1",
                                nonfinite_check="log_steps")
     config.text.batch_size, config.text.cache_dir = 4, "/elsewhere"
+    config.text.distributor, config.text.cluster_address, config.text.workers = "ray", "head:6379", 8
+    config.text.worker_cpus, config.text.worker_gpus, config.text.worker_retries = 2.0, 1.0, 0
     same = _identity(config)
     assert same == base and same.id == base.id and same.changes_since(base) == []
     assert NON_WEIGHT_SETTINGS == {"train": ("epochs", "log_every_steps", "checkpoint_every_steps", "device",
                                              "nonfinite_check"),
-                                   "text": ("batch_size", "cache_dir")}
+                                   "text": ("batch_size", "cache_dir", "distributor", "cluster_address", "workers",
+                                            "worker_cpus", "worker_gpus", "worker_retries")}
     for section, keys in NON_WEIGHT_SETTINGS.items():
         assert not set(keys) & set(identity_config(config)[section])
 
