@@ -13,11 +13,7 @@ from dagster import (
     asset_check,
 )
 
-from flame import checkpoint
-from flame.mlflow.registry import CHAMPION, Registry
-from flame.app.pipeline import local_checkpoint
 from flame.locations import fetch_tree, is_url, location
-from flame.text.store import META_FILE, SHARD_SUFFIX, EmbeddingStore
 from orchestration.lineage import upstream
 from orchestration.partitions import DATA_SHARDS
 from orchestration.resources import FlameConfigResource, MlflowResource
@@ -55,6 +51,8 @@ def download_success_rate(context: AssetCheckExecutionContext, flame_config: Fla
 @asset_check(asset="caption_embeddings", partitions_def=DATA_SHARDS, blocking=True,
              description="Embeddings are finite, one row per key, one key per downloaded image (EmbeddingStore.validate).")
 def embeddings_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    from flame.text.store import META_FILE, SHARD_SUFFIX, EmbeddingStore
+
     key = context.partition_key
     meta = upstream(context, "caption_embeddings", key)
     downloaded = int(upstream(context, "image_shards", key)["success"])
@@ -74,6 +72,9 @@ def embeddings_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
 
 @asset_check(asset="flame_model", blocking=True, description="The training loss went down.")
 def training_loss_decreased(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    from flame import checkpoint
+    from flame.app.pipeline import local_checkpoint
+
     meta = upstream(context, "flame_model")
     summary = checkpoint.read_summary(local_checkpoint(meta["checkpoint"], [checkpoint.SUMMARY_FILE]))
     losses = [float(x) for x in summary.get("losses") or []]
@@ -117,6 +118,8 @@ def evaluation_above_chance(context: AssetCheckExecutionContext, flame_config: F
 @asset_check(asset="registered_model", blocking=False, description="The registered model has a champion version.")
 def champion_exists(context: AssetCheckExecutionContext, flame_config: FlameConfigResource, mlflow: MlflowResource) -> AssetCheckResult:
     config = flame_config.load()
+    from flame.mlflow.registry import CHAMPION, Registry
+
     aliases = Registry.open(config, mlflow.uri(config)).aliases()
     return AssetCheckResult(passed=CHAMPION in aliases, metadata={"aliases": MetadataValue.json(aliases)})
 

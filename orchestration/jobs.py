@@ -4,7 +4,6 @@ own two, promote and rollback (the same actions as ``flame registry promote|roll
 from dagster import AssetSelection, Config, OpExecutionContext, define_asset_job, job, op
 from pydantic import Field
 
-from flame.app import promotion
 from orchestration.partitions import DATA_SHARDS
 from orchestration.resources import FlameConfigResource, MlflowResource, runtime_config
 
@@ -33,6 +32,8 @@ class PromoteConfig(Config):
 @op(description="Promote: gate the challenger against the champion, or force a version to champion.")
 def promote_champion(context: OpExecutionContext, config: PromoteConfig, flame_config: FlameConfigResource,
                      mlflow: MlflowResource) -> dict:
+    from flame.app import promotion
+
     settings = runtime_config(flame_config, mlflow)
     if config.version is None:
         decision = promotion.gate_challenger(settings)
@@ -44,6 +45,8 @@ def promote_champion(context: OpExecutionContext, config: PromoteConfig, flame_c
 
 @op(description="Roll the champion back to the version it replaced (also after a hand-moved alias).")
 def rollback_champion(context: OpExecutionContext, flame_config: FlameConfigResource, mlflow: MlflowResource) -> dict:
+    from flame.app import promotion
+
     result = promotion.rollback(runtime_config(flame_config, mlflow))
     context.log.info(f"champion: v{result['from_version']} -> v{result['to_version']}")
     return result

@@ -31,12 +31,7 @@ from flame import cluster
 from flame.config import FlameConfig
 from flame.errors import FlameError
 from orchestration import train_step
-
-# Tags of the MLflow run (and, through the registered_model asset, of the model version).
-TAG_LAUNCHER = "train.launcher"
-TAG_WORLD_SIZE = "train.world_size"
-TAG_CLUSTER = "train.ray_cluster"
-TAG_JOB = "train.ray_job"
+from orchestration.train_launch import TAG_CLUSTER, TAG_LAUNCHER, TAG_WORLD_SIZE
 
 
 class _QueueLog:

@@ -7,7 +7,6 @@ import datetime as dt
 
 from dagster import RunRequest, ScheduleDefinition, ScheduleEvaluationContext, SkipReason, schedule
 
-from flame.app.pipeline import training_inputs
 from flame.config import FlameConfig
 from flame.errors import FlameError
 from flame.storage import StoragePaths
@@ -20,6 +19,8 @@ from orchestration.resources import FlameConfigResource, StorageResource
 def nothing_new(instance, config: FlameConfig, paths: StoragePaths) -> str | None:
     """Why a retraining now would be pointless, or None when there is something to train."""
     try:
+        from flame.app.pipeline import training_inputs
+
         inputs = training_inputs(config, paths, instance.get_dynamic_partitions(DATA_SHARDS.name))
     except FlameError as exc:
         return f"cannot train yet: {exc}"

@@ -27,8 +27,12 @@ from dagster import AssetExecutionContext, PipesClientCompletedInvocation, Pipes
 from flame import cluster
 from flame.config import FlameConfig, repo_root
 from flame.errors import FlameError
-from orchestration.ray_train import TAG_JOB
 
+# Tags of the MLflow run (and, through the registered_model asset, of the model version).
+TAG_LAUNCHER = "train.launcher"
+TAG_WORLD_SIZE = "train.world_size"
+TAG_CLUSTER = "train.ray_cluster"
+TAG_JOB = "train.ray_job"
 # The Python of the cluster's nodes, found on their PATH: a Ray job runs where this one is not.
 CLUSTER_PYTHON = "python"
 

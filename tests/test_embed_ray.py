@@ -19,6 +19,7 @@ from benchmarks.embed_scaling import write_shards
 from flame.config import load_config, repo_root
 from flame.text.embed import run_embedding
 from flame.text.store import EmbeddingStore
+from tests.fixtures.text import assert_same_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -58,18 +59,6 @@ def _embed_cmd(shard_dir: Path, out: Path, *flags: str) -> list[str]:
             *flags]
 
 
-def _assert_same_store(made: EmbeddingStore, expected: EmbeddingStore) -> None:
-    assert made.fingerprint == expected.fingerprint
-    assert made.shards() == expected.shards()
-    for shard in expected.shards():
-        keys, emb = made.read(shard)
-        want_keys, want = expected.read(shard)
-        assert keys == want_keys, shard
-        assert (emb.float() - want.float()).abs().max().item() <= 1e-6, shard
-        assert made.input_digest(shard) == expected.input_digest(shard)
-        assert made.stats(shard) == expected.stats(shard)
-
-
 def _pid(worker: str) -> int:
     return int(worker.rsplit("/", 1)[1])
 
@@ -86,7 +75,7 @@ def test_two_workers_on_two_nodes_make_the_one_process_store(ray_cluster, shard_
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)  # stdout holds the JSON result alone
     assert summary["shards_done"] == SHARDS and summary["validation"]["ok"]
-    _assert_same_store(EmbeddingStore.open(summary["store"]), one_process_store)
+    assert_same_store(EmbeddingStore.open(summary["store"]), one_process_store)
     workers = summary["workers"]
     assert sorted(workers) == one_process_store.shards()
     assert len({w.rsplit("/", 1)[0] for w in workers.values()}) == 2, workers  # both nodes
@@ -131,7 +120,7 @@ def test_a_worker_killed_while_embedding_loses_only_its_shard(ray_cluster, shard
     assert "killed while executing a task" in stderr and f"Worker PID: {killed}" in stderr, stderr[-3000:]
     summary = json.loads(stdout)
     assert summary["shards_done"] == SHARDS and summary["validation"]["ok"]
-    _assert_same_store(EmbeddingStore.open(summary["store"]), one_process_store)
+    assert_same_store(EmbeddingStore.open(summary["store"]), one_process_store)
     with pytest.raises(ProcessLookupError):
         os.kill(killed, 0)
     # The restarted worker (a new process) redid the killed one's shard; the other kept its own.

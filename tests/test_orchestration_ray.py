@@ -1,28 +1,41 @@
-"""The pipeline with Dagster's steps on the Ray cluster: ``orchestration.executor: ray`` makes
-every step a Ray job (dagster-ray's executor), and the training step launches Ray Train workers
-as a Ray job of their own through Dagster Pipes (``train_pipes: ray_job``).
+"""The whole chain on the two-node Ray cluster of ``scripts/services.sh``, orchestrated by
+Dagster, with the storage root in the S3 bucket: every step a Ray job (``orchestration.executor:
+ray``, dagster-ray's executor); each data shard downloaded by img2dataset's ray distributor and
+its captions embedded by a Ray worker (``text.distributor: ray``); the model trained by two Ray
+Train workers in a Ray job of its own, launched through Dagster Pipes (``train_pipes:
+ray_job``); then evaluated and registered.
 
-Each data shard's ingest and then the model are materialised (the runs "Materialize all"
-makes), with the instance in PostgreSQL (deploy/dagster.yaml), the storage root in the bucket
-and MLflow on the services' server, all on the two-node cluster of ``scripts/services.sh``.
-Every step ran in its own Ray job, in a process of the cluster, not in this one (the runs'
-orchestrator); the training's metrics reached the run's log through Pipes; the registered
-version names the Ray job and the world size of its training."""
+The runs are those "Materialize all" makes: the three data shards side by side, then the
+model. The instance is in PostgreSQL (deploy/dagster.yaml) and MLflow on the services' server.
+What comes out is checked against one process doing the same work: the embedding store against
+a one-process embedding of the same shards (max abs difference <= 1e-6), and the trained weights
+against one process training on the same global batches (<= 1e-5). For that the three shards
+hold 8, 16 and 8 images: the two ranks read shards {0, 2} and {1}, 16 images each, and every
+step's global batch is the whole training set, as it is for the one process."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from safetensors.torch import load_file
 
+from flame.checkpoint import WEIGHTS_FILE
 from flame.config import load_config
+from flame.locations import fetch, fetch_tree, location
+from flame.text.embed import embed_shards
+from flame.text.embed_shard import InputShard
+from flame.text.store import EmbeddingStore
 from tests.fixtures.clone import REPO
 from tests.fixtures.orchestration import TEST_PROFILE, write_params, write_slice
 from tests.fixtures.services import dagster_yaml, database_name
+from tests.fixtures.text import assert_same_store
 
 WORKERS = 2
 
@@ -68,17 +81,32 @@ def _job_log(jobs_url: str, submission_id: str) -> str:
         return json.load(response)["logs"]
 
 
+# The three data shards' manifests: 8, 16 and 8 sample images (rows of the sample's dev split:
+# the evaluation's gate is only reliably passed by so small a training on images it has seen).
+MANIFESTS = {"a": (0, 8), "b": (8, 16), "c": (24, 8)}
+EPOCHS = 30  # one step each: the global batch of 32 is the whole training set
+# fp32, unclipped, AdamW's eps at 1e-3, as in tests/test_train_ddp.py: a different order of the
+# same sums cannot flip a step, so two ranks and one process must reach the same weights.
+TRAIN = {"epochs": EPOCHS, "batch_size": 32, "warmup_steps": 2, "log_every_steps": 1, "workers": 0,
+         "precision": "fp32", "eps": 1e-3, "grad_clip": None, "device": "cpu"}
+
+
 @pytest.fixture
 def on_the_cluster(services, ray_cluster, tmp_path, monkeypatch):
-    """params.yaml of a small pipeline (32 images in two data shards) run by the ray executor,
-    training with Ray Train through a Ray job; the storage root in a fresh prefix of the bucket,
+    """params.yaml of the chain on the cluster; the storage root in a fresh prefix of the bucket,
     MLflow on the services' server, a Dagster home whose instance is a fresh PostgreSQL database."""
     prefix = services.unique_prefix("orch-ray")
     tag = prefix.rsplit("-", 1)[1]
-    manifest = write_slice(tmp_path / "manifests" / "slice.jsonl", 0, 32, split="dev")
+    manifests = [write_slice(tmp_path / "manifests" / f"{name}.jsonl", start, count, split="dev")
+                 for name, (start, count) in MANIFESTS.items()]
     (tmp_path / "incoming").mkdir()
-    params = write_params(tmp_path / "params.yaml", [manifest], tmp_path / "incoming", f"{prefix}/data",
+    params = write_params(tmp_path / "params.yaml", manifests, tmp_path / "incoming", f"{prefix}/data",
                           services.mlflow_url, extra={
+                              # No cluster address for the data and text steps: they run in Ray jobs,
+                              # whose $RAY_ADDRESS names the cluster.
+                              "data": {"distributor": "ray"},
+                              "text": {"distributor": "ray", "workers": 2},
+                              "train": TRAIN,
                               "orchestration": {"executor": "ray", "cluster_address": ray_cluster.jobs_url,
                                                 "train_pipes": "ray_job", "download_retries": 0,
                                                 "ray_train": {"workers": WORKERS, "placement_strategy": "SPREAD"}},
@@ -92,14 +120,38 @@ def on_the_cluster(services, ray_cluster, tmp_path, monkeypatch):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("FLAME_STORAGE_ROOT", raising=False)
-    return {"params": params, "tmp": tmp_path}
+    return {"params": params, "tmp": tmp_path, "prefix": prefix}
+
+
+def _one_process_store(config, shards: dict[str, str], encoder, out) -> EmbeddingStore:
+    """The data shards (key -> URL) embedded in this process, by one encoder."""
+    made = embed_shards(config.text, [InputShard(key, url) for key, url in sorted(shards.items())], out,
+                        encoder=encoder, progress=False)
+    return EmbeddingStore.open(made["store"])
+
+
+def _one_process_training(setup: dict, training_set: str, training_id: str) -> str:
+    """The same training in one process (orchestration.train_step, no Ray, no tracking): its
+    checkpoint folder in the bucket."""
+    out = f"{setup['prefix']}/one-process"
+    cmd = [sys.executable, "-m", "orchestration.train_step", "--config", str(setup["params"]), "--profile",
+           TEST_PROFILE, "--overrides-json", json.dumps({"tracking": {"enabled": False}}),
+           "--training-set", training_set, "--training-id", training_id, "--out", out]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+def _weights(checkpoint: str) -> dict:
+    return load_file(fetch(location(checkpoint) / WEIGHTS_FILE))
 
 
 @pytest.mark.slow
 @pytest.mark.services
-def test_materialize_all_runs_every_step_as_a_ray_job_and_trains_with_ray_train(on_the_cluster, services,
-                                                                                ray_cluster):
-    from dagster import AssetKey, DagsterEventType, DagsterInstance, execute_job
+def test_the_chain_on_the_cluster_matches_one_process_and_registers_the_cluster_run(on_the_cluster, services,
+                                                                                     ray_cluster, tiny_encoder):
+    from dagster import DagsterEventType, DagsterInstance, execute_job
     from dagster._core.definitions.reconstruct import ReconstructableRepository
     from mlflow import MlflowClient
 
@@ -111,54 +163,88 @@ def test_materialize_all_runs_every_step_as_a_ray_job_and_trains_with_ray_train(
     with DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         keys = [c.key for c in discover_chunks(config)]
-        assert keys == ["slice-00000", "slice-00001"]
+        assert keys == ["a-00000", "b-00000", "c-00000"]
         instance.add_dynamic_partitions(DATA_SHARDS.name, keys)
 
-        def run(what: str, job_name: str, tags: dict) -> tuple[str, tuple[str, dict[str, int]]]:
-            """One run to its end: its id and the process each of its steps started in."""
+        def run(what: str, job_name: str, tags: dict) -> tuple[str, dict]:
+            """One run to its end: its id, the process each of its steps started in, and the
+            metadata of what it materialised."""
             with execute_job(repository.get_reconstructable_job(job_name), instance, tags=tags) as result:
                 failures = [f"{e.step_key}: {e.event_specific_data.error.message}" for e in result.all_events
                             if e.event_type == DagsterEventType.STEP_FAILURE]
                 assert result.success, (what, failures)
-                return what, (result.run_id, {e.step_key: e.pid for e in result.all_events
-                                              if e.event_type == DagsterEventType.STEP_START})
+                made = {e.asset_key.to_user_string(): {k: v.value for k, v in
+                                                       e.step_materialization_data.materialization.metadata.items()}
+                        for e in result.get_asset_materialization_events()}
+                return what, {"run_id": result.run_id, "made": made,
+                              "pids": {e.step_key: e.pid for e in result.all_events
+                                       if e.event_type == DagsterEventType.STEP_START}}
 
         # As "Materialize all" does: the data shards side by side, then the model over all of them.
         with ThreadPoolExecutor(len(keys)) as pool:
-            results = dict(pool.map(lambda key: run(f"ingest {key}", "ingest_data_shard", {"dagster/partition": key}),
-                                    keys))
+            results = dict(pool.map(lambda key: run(key, "ingest_data_shard", {"dagster/partition": key}), keys))
         results.update([run("train", "train_evaluate_register", {})])
-        trained = instance.get_latest_materialization_event(AssetKey("flame_model")).asset_materialization
-        trained = {k: v.value for k, v in trained.metadata.items()}
-        step_logs = [r.user_message for r in instance.all_logs(results["train"][0]) if "train/loss=" in r.user_message]
+        step_logs = [r.user_message for r in instance.all_logs(results["train"]["run_id"])
+                     if "train/loss=" in r.user_message]
+    step_pids = set().union(*(r["pids"].values() for r in results.values()))
 
     # Every step of every run: a Ray job of its own that succeeded, its process one of the cluster's.
     jobs = _ray_jobs(ray_cluster.jobs_url)
-    for what, (run_id, step_pids) in results.items():
+    for what, result in results.items():
         of_run = {j["metadata"]["dagster/op"]: j["submission_id"] for j in jobs
-                  if (j.get("metadata") or {}).get("dagster/run-id") == run_id and "dagster/op" in j["metadata"]}
-        assert sorted(of_run) == sorted(step_pids), what
+                  if (j.get("metadata") or {}).get("dagster/run-id") == result["run_id"] and "dagster/op" in j["metadata"]}
+        assert sorted(of_run) == sorted(result["pids"]), what
         ended = _ended_jobs(ray_cluster.jobs_url, set(of_run.values()))
         for step, submission_id in of_run.items():
             job = ended[submission_id]
             assert job["status"] == "SUCCEEDED", (what, step, job["message"])
-            pid = step_pids[step]
+            pid = result["pids"][step]
             assert pid != os.getpid()
             assert f" - {pid} - {step} - STEP_START - " in _job_log(ray_cluster.jobs_url, job["submission_id"]), \
                 (what, step, "the Ray job's log shows the step starting in the process Dagster recorded")
-    steps = set().union(*(pids for _, pids in results.values()))
+    steps = set().union(*(r["pids"] for r in results.values()))
     assert {"manifest", "image_shards", "caption_embeddings", "flame_model", "evaluation", "registered_model"} <= steps
 
-    # The training: Ray Train workers, in a Ray job of their own launched through Pipes.
+    # Download: each data shard by img2dataset's ray distributor, into the bucket.
+    shards = {key: results[key]["made"]["image_shards"] for key in keys}
+    assert {key: (m["distributor"], m["success"]) for key, m in shards.items()} == {
+        "a-00000": ("ray", 8), "b-00000": ("ray", 16), "c-00000": ("ray", 8)}
+    assert all(m["shard"].startswith("s3://") for m in shards.values())
+
+    # Embedding: in Ray workers, not in the steps' processes; the store in the bucket equals
+    # a one-process embedding of the same shards.
+    embedded = {key: results[key]["made"]["caption_embeddings"] for key in keys}
+    workers = {key: m["workers"][key] for key, m in embedded.items()}
+    assert not {int(w.rsplit("/", 1)[1]) for w in workers.values()} & (step_pids | {os.getpid()}), workers
+    alive = {node["raylet"]["nodeId"] for node in ray_cluster.alive_nodes()}
+    assert {w.rsplit("/", 1)[0] for w in workers.values()} <= alive, workers
+    (store_url,) = {m["store"] for m in embedded.values()}
+    made_store = EmbeddingStore.open(fetch_tree(location(store_url)))
+    reference = _one_process_store(load_config(on_the_cluster["params"], TEST_PROFILE,
+                                               overrides={"text": {"distributor": "local"}}),
+                                   {key: m["shard"] for key, m in shards.items()}, tiny_encoder,
+                                   on_the_cluster["tmp"] / "one_process_store")
+    assert_same_store(made_store, reference)
+
+    # Training: Ray Train workers in a Ray job of their own, launched through Pipes; the same
+    # weights as one process training on the same global batches.
+    trained = results["train"]["made"]["flame_model"]
     training_job = next(j for j in jobs if j["submission_id"] == trained["ray_job"])
     assert training_job["status"] == "SUCCEEDED" and "-m orchestration.ray_train" in training_job["entrypoint"]
-    assert training_job["metadata"]["dagster/run-id"] == results["train"][0]
+    assert training_job["metadata"]["dagster/run-id"] == results["train"]["run_id"]
     assert trained["world_size"] == WORKERS and len(trained["ray_workers"]) == WORKERS
     assert len({w["node_id"] for w in trained["ray_workers"]}) == WORKERS
-    assert not {w["pid"] for w in trained["ray_workers"]} & ({os.getpid()} | set(results["train"][1].values()))
+    assert not {w["pid"] for w in trained["ray_workers"]} & (step_pids | {os.getpid()})
+    assert trained["steps"] == EPOCHS
     assert len(step_logs) >= trained["steps"], "each logged step's metrics reached the run's log through Pipes"
+    assert trained["checkpoint"].startswith("s3://") and trained["training_set"].startswith("s3://")
+    one = _one_process_training(on_the_cluster, trained["training_set"], trained["training_id"])
+    cluster_weights, one_weights = _weights(trained["checkpoint"]), _weights(one)
+    assert cluster_weights.keys() == one_weights.keys()
+    assert max(float((cluster_weights[k] - one_weights[k]).abs().max()) for k in one_weights) <= 1e-5
 
-    # The registered version records the cluster run.
+    # Evaluated, then registered: the version records the cluster run.
+    assert "evaluation" in results["train"]["made"] and "registered_model" in results["train"]["made"]
     client = MlflowClient(tracking_uri=services.mlflow_url, registry_uri=services.mlflow_url)
     (version,) = client.search_model_versions(f"name='{config.registry.model_name}'")
     assert version.tags["train.world_size"] == str(WORKERS)

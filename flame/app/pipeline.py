@@ -95,7 +95,7 @@ def embed_data_shards(config: FlameConfig, paths: StoragePaths, keys: list[str],
     missing = [k for k in keys if not paths.shard(k).is_file()]
     if missing:
         raise FlameError(f"data shard(s) not downloaded yet: {', '.join(missing)} (no {paths.shard(missing[0])})")
-    inputs = [InputShard(k, fetch(paths.shard(k))) for k in keys]
+    inputs = [InputShard(k, paths.shard(k)) for k in keys]
     if not paths.remote:
         return embed_shards(config.text, inputs, paths.embeddings, recompute=recompute, progress=progress)
     # Remote: embedded afresh into a local store, whose files for these shards are then published.

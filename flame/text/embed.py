@@ -131,9 +131,9 @@ class LocalRunner:
         pass
 
 
-def make_runner(text_config: TextConfig, encoder: TextEncoder | None = None) -> ShardRunner:
+def make_runner(text_config: TextConfig, encoder: TextEncoder | None = None, shards: int | None = None) -> ShardRunner:
     """What ``text.distributor`` names: this process (over ``encoder`` if given), or a pool of
-    Ray workers that load their own."""
+    Ray workers that load their own, no more of them than ``shards`` to embed."""
     if text_config.distributor == "local":
         return LocalRunner(text_config, encoder)
     if encoder is not None:
@@ -141,7 +141,8 @@ def make_runner(text_config: TextConfig, encoder: TextEncoder | None = None) -> 
                          "(or set text.distributor=local)")
     from flame.text.embed_cluster import RayRunner
 
-    return RayRunner(text_config)
+    workers = text_config.workers if shards is None else max(1, min(text_config.workers, shards))
+    return RayRunner(text_config, workers)
 
 
 def embed_shards(
@@ -167,7 +168,7 @@ def embed_shards(
     the distinct caption texts of each shard it embeds.
     """
     start = time.perf_counter()
-    runner = runner or make_runner(text_config, encoder)
+    runner = runner or make_runner(text_config, encoder, len(shards))
     try:
         return _embed_with(runner, text_config, shards, out_dir, max_shards, progress, recompute, start)
     finally:

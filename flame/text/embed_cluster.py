@@ -51,8 +51,8 @@ class ShardEmbedWorker:
         return self.meta["fingerprint"], result.keys, result.embeddings.cpu().numpy(), result.stats, self.name
 
 
-def start_workers(text_config: TextConfig) -> list:
-    """``text.workers`` ``ShardEmbedWorker`` actors, spread over the cluster's nodes."""
+def start_workers(text_config: TextConfig, workers: int) -> list:
+    """``workers`` ``ShardEmbedWorker`` actors, spread over the cluster's nodes."""
     import ray
 
     gpus = text_config.worker_gpus
@@ -65,19 +65,20 @@ def start_workers(text_config: TextConfig) -> list:
         scheduling_strategy="SPREAD",
     )
     log.info("starting %d embedding worker(s) (%s CPU, %s GPU each) on the Ray cluster at %s",
-             text_config.workers, text_config.worker_cpus, gpus, ray.get_runtime_context().gcs_address)
-    return [worker.remote(text_config) for _ in range(text_config.workers)]
+             workers, text_config.worker_cpus, gpus, ray.get_runtime_context().gcs_address)
+    return [worker.remote(text_config) for _ in range(workers)]
 
 
 class RayRunner:
-    """``text.workers`` ``ShardEmbedWorker`` actors on the cluster ``text.cluster_address``
-    (else ``$RAY_ADDRESS``, else a local Ray), fed one shard each as they finish."""
+    """``workers`` (default ``text.workers``) ``ShardEmbedWorker`` actors on the cluster
+    ``text.cluster_address`` (else ``$RAY_ADDRESS``, else a local Ray), fed one shard each as
+    they finish."""
 
-    def __init__(self, text_config: TextConfig):
+    def __init__(self, text_config: TextConfig, workers: int | None = None):
         self.retries = text_config.worker_retries
         with contextlib.ExitStack() as stack:  # a failed start leaves the cluster as an ended run does
             stack.enter_context(session(text_config.cluster_address))
-            self.actors = start_workers(text_config)
+            self.actors = start_workers(text_config, workers or text_config.workers)
             self.session = stack.pop_all()
         self.starting = {actor.ready.remote(): actor for actor in self.actors}
         self.idle: list = []
@@ -107,7 +108,7 @@ class RayRunner:
                 hand_out()
                 continue
             actor, shard = running.pop(ref)
-            fingerprint, keys, embeddings, stats, worker = self._get(ref, f"shard {shard.name} ({shard.path})")
+            fingerprint, keys, embeddings, stats, worker = self._get(ref, f"shard {shard.name} ({shard.source})")
             self._check_fingerprint(fingerprint, worker)
             self.idle.append(actor)
             hand_out()

@@ -22,6 +22,8 @@ from flame.data.shards import ShardSample, iter_shard
 from flame.digest import config_digest, sha256_file
 from flame.errors import FlameError
 from flame.jsonl import iter_jsonl
+from flame.locations import fetch, location
+from flame.paths import is_url
 from flame.text.encoder import TextEncoder
 from flame.text.prompts import normalise_caption
 from flame.text.store import FINGERPRINT_HEX, fingerprint_of
@@ -30,8 +32,18 @@ from flame.text.store import FINGERPRINT_HEX, fingerprint_of
 @dataclass
 class InputShard:
     name: str
-    path: Path
+    # A file here, or an object-store URL: each process that reads the shard (a cluster's worker
+    # too) fetches it into its own cache, so no worker depends on another machine's files.
+    source: str | Path
     caption_col: str | None = None  # JSONL column holding the ``caption`` field's captions
+
+    def __post_init__(self):
+        self.source = str(self.source) if is_url(self.source) else Path(self.source)
+
+    @property
+    def path(self) -> Path:
+        """A local file with the shard's bytes."""
+        return fetch(location(self.source))
 
     def digest(self) -> str:
         """What the store records of this input: the sha256 of the file's bytes (for a JSONL
@@ -42,10 +54,11 @@ class InputShard:
         return digest
 
     def samples(self) -> Iterator[ShardSample]:
-        if self.path.suffix == ".tar":
-            yield from iter_shard(self.path, with_images=False)
+        path = self.path
+        if path.suffix == ".tar":
+            yield from iter_shard(path, with_images=False)
         else:
-            yield from iter_jsonl_samples(self.path, self.name, self.caption_col)
+            yield from iter_jsonl_samples(path, self.name, self.caption_col)
 
 
 def iter_jsonl_samples(path: Path, shard: str, caption_col: str | None = None) -> Iterator[ShardSample]:
@@ -191,7 +204,7 @@ class ShardEmbedder:
         for sample in shard.samples():
             stats["samples_in"] += 1
             if sample.key in seen:
-                raise FlameError(f"{shard.path}: duplicate sample key {sample.key!r}")
+                raise FlameError(f"{shard.source}: duplicate sample key {sample.key!r}")
             seen.add(sample.key)
             per_view, empty = self._sample_captions(sample)
             stats["empty_captions"] += empty
@@ -203,7 +216,7 @@ class ShardEmbedder:
         if not chosen and skipped and self.missing_field >= len(skipped):
             fields = sorted({view.field for view in self.config.views})
             raise FlameError(
-                f"{shard.path}: no sample has the caption field(s) {fields}; "
+                f"{shard.source}: no sample has the caption field(s) {fields}; "
                 f"for a JSONL manifest name the caption column with --caption-col"
             )
         stats["skipped_empty"] = len(skipped)

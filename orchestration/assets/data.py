@@ -17,10 +17,8 @@ from dagster import (
     asset,
 )
 
-from flame.app import pipeline
 from flame.config import FlameConfig
 from flame.data.data_shards import chunk_for_key
-from flame.data.download import format_summary
 from orchestration.code_versions import code_version
 from orchestration.metadata import md_table
 from orchestration.partitions import DATA_SHARDS
@@ -40,6 +38,8 @@ def data_asset(**kwargs):
 def manifest(context: AssetExecutionContext, flame_config: FlameConfigResource, storage: StorageResource) -> MaterializeResult:
     config = flame_config.load()
     chunk = chunk_for_key(config, context.partition_key)
+    from flame.app import pipeline
+
     made = pipeline.write_data_shard_manifest(config, storage.paths(config), chunk)
     return MaterializeResult(
         metadata={
@@ -73,6 +73,9 @@ def image_shards_asset(config: FlameConfig) -> AssetsDefinition:
 
 def download_image_shard(context: AssetExecutionContext, flame_config: FlameConfigResource, storage: StorageResource) -> MaterializeResult:
     config = flame_config.load()
+    from flame.app import pipeline
+    from flame.data.download import format_summary
+
     made = pipeline.download_data_shard(config, storage.paths(config), context.partition_key)
     context.log.info(format_summary(made))
     seconds = made["duration_s"]
@@ -91,6 +94,7 @@ def download_image_shard(context: AssetExecutionContext, flame_config: FlameConf
             "images_per_second": round(made["success"] / seconds, 2) if seconds > 0 else 0.0,
             "shards": MetadataValue.json([str(p) for p in made["published"]]),
             "summary": MetadataValue.path(str(made["summary_file"])),
+            "distributor": config.data.distributor,
         }
     )
 
@@ -101,6 +105,8 @@ def download_image_shard(context: AssetExecutionContext, flame_config: FlameConf
 def caption_embeddings(context: AssetExecutionContext, flame_config: FlameConfigResource, storage: StorageResource) -> MaterializeResult:
     config = flame_config.load()
     # Always (re)computed: this partition is being materialised because its shard is new or changed.
+    from flame.app import pipeline
+
     made = pipeline.embed_data_shards(config, storage.paths(config), [context.partition_key], recompute=True)
     seconds = made["seconds"]
     return MaterializeResult(
@@ -116,6 +122,7 @@ def caption_embeddings(context: AssetExecutionContext, flame_config: FlameConfig
             "skipped_empty": made["skipped_empty"],
             "seconds": round(seconds, 2),
             "prompts_per_second": round(made["prompts"] / seconds, 2) if seconds > 0 else 0.0,
+            "workers": MetadataValue.json(made["workers"]),
         }
     )
 

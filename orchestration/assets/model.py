@@ -24,20 +24,16 @@ from dagster import (
 )
 from pydantic import Field
 
-from flame import checkpoint
-from flame.app import pipeline
 from flame.config import FlameConfig
 from flame.errors import FlameError
-from flame.mlflow.store import connect
 from orchestration.code_versions import code_version
 from orchestration.folder_lock import exclusive
 from orchestration.lineage import upstream
 from orchestration.metadata import inline_png, md_table, mlflow_run_url, mlflow_ui, model_version_url
 from orchestration.partitions import DATA_SHARDS
 from orchestration.pools import TRAIN_POOL
-from orchestration.ray_train import TAG_CLUSTER, TAG_JOB, TAG_WORLD_SIZE
 from orchestration.resources import FlameConfigResource, MlflowResource, StorageResource, runtime_config
-from orchestration.train_launch import launch
+from orchestration.train_launch import TAG_CLUSTER, TAG_JOB, TAG_WORLD_SIZE, launch
 from orchestration.versioning import DATA_STAGES, MODEL_STAGES, record_and_tag, record_training_set
 
 MODEL_GROUP = "model"
@@ -88,6 +84,10 @@ def flame_model_asset(config: FlameConfig) -> AssetsDefinition:
         storage: StorageResource,
         pipes_subprocess_client: PipesSubprocessClient,
     ) -> MaterializeResult:
+        from flame import checkpoint
+        from flame.app import pipeline
+        from flame.mlflow.store import connect
+
         overrides = {"epochs": config.epochs, "seed": config.seed}
         settings = with_overrides(runtime_config(flame_config, mlflow), "train", overrides)
         uri = settings.tracking.tracking_uri
@@ -140,6 +140,8 @@ def evaluation_asset(config: FlameConfig) -> AssetsDefinition:
            "(CLIP_benchmark-style JSON, plots); metrics logged to the training's MLflow run.")
     def evaluation(context: AssetExecutionContext, config: EvaluationRun, flame_config: FlameConfigResource,
                    mlflow: MlflowResource, storage: StorageResource) -> MaterializeResult:
+        from flame.app import pipeline
+
         settings = with_overrides(runtime_config(flame_config, mlflow), "eval", {"benchmarks": config.benchmarks})
         trained = upstream(context, "flame_model")
         result = pipeline.evaluate(settings, trained["checkpoint"], storage.paths(settings).evaluation(trained["training_id"]),
@@ -193,6 +195,8 @@ def _number(value) -> float:
        "already registered at the same step is not registered again.")
 def registered_model(context: AssetExecutionContext, flame_config: FlameConfigResource, mlflow: MlflowResource,
                      storage: StorageResource) -> MaterializeResult:
+    from flame.app import pipeline
+
     settings = runtime_config(flame_config, mlflow)
     trained = upstream(context, "flame_model")
     scored = upstream(context, "evaluation")
