@@ -11,22 +11,41 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Iterator
 
 import flame
+from flame.errors import FlameError
 
 # Variables a worker needs to reach what this process reaches (object storage, MLflow, caches).
 FORWARDED_PREFIXES = ("AWS_", "MLFLOW_", "FLAME_", "HF_", "TRANSFORMERS_")
 CODE_ROOT = str(Path(flame.__file__).resolve().parents[1])
 # Set by Ray in the driver of a submitted job: the job's config, its runtime env included.
 RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+REACH_TIMEOUT_S = 10.0
 
 
 def cluster_address(configured: str | None) -> str | None:
     """The cluster to join: ``configured``, else ``$RAY_ADDRESS``; None starts a local Ray."""
     return configured or os.environ.get("RAY_ADDRESS") or None
+
+
+def check_reachable(address: str) -> None:
+    """Fail at once, naming ``address``, when nothing answers at a ``host:port`` cluster address:
+    ``ray.init`` would wait minutes for the cluster's GCS before saying anything."""
+    if address in ("auto", "local") or "://" in address:
+        return  # Ray's own forms: found through the local node, or a Ray Client URL
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise FlameError(f"Ray cluster address {address!r}: expected host:port (or auto, or ray://host:port)")
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise FlameError(f"no Ray cluster answers at {address} ({exc}): start one (ray start --head, or "
+                         "scripts/services.sh start ray) or correct the configured cluster address, "
+                         "else $RAY_ADDRESS") from None
 
 
 def worker_env() -> dict[str, str]:
@@ -43,6 +62,9 @@ def connect(address: str | None = None, setup_hook: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    address = cluster_address(address)
+    if address:
+        check_reachable(address)
     # In a Ray job's driver, the job's runtime env (given when it was submitted) applies to all its
     # workers, and Ray refuses a ray.init that sets one of its variables again.
     given = _job_env_vars()
@@ -50,7 +72,7 @@ def connect(address: str | None = None, setup_hook: str | None = None) -> None:
     if setup_hook:
         runtime_env["worker_process_setup_hook"] = setup_hook
     # Workers' output stays in the cluster's logs: this process's stdout holds its result alone.
-    ray.init(address=cluster_address(address), runtime_env=runtime_env, log_to_driver=False,
+    ray.init(address=address, runtime_env=runtime_env, log_to_driver=False,
              configure_logging=False)
 
 

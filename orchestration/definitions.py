@@ -4,6 +4,10 @@
 once, when the definitions are built: params.yaml ($FLAME_CONFIG, $FLAME_PROFILE), the
 storage root from $FLAME_STORAGE_ROOT or the profile, MLflow from $MLFLOW_TRACKING_URI or
 the profile.
+
+Loading them imports no torch, MLflow or img2dataset: the webserver, the daemon and every
+step's process load these definitions, and each step imports what it runs (a check's step
+then starts in about a second instead of seven).
 """
 
 import dagster as dg

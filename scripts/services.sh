@@ -139,6 +139,17 @@ stop_pid() {  # stop_pid PIDFILE PATTERN NAME: TERM the process group, wait, the
     rm -f "$pidfile"
 }
 
+run_service() {  # run_service NAME PIDFILE PATTERN LOG TIMEOUT CHECK CMD...: CMD spawned unless running, then waited for
+    local name=$1 pidfile=$2 pattern=$3 log=$4 timeout=$5 check=$6
+    shift 6
+    if pid_alive "$pidfile" "$pattern"; then
+        echo "$name: already running"
+    else
+        spawn "$pidfile" "$log" "$@"
+    fi
+    wait_for "$name" "$timeout" "$pidfile" "$pattern" "$log" "$check"
+}
+
 wait_for() {  # wait_for NAME TIMEOUT PIDFILE PATTERN LOG CHECK...: until CHECK succeeds
     local name=$1 timeout=$2 pidfile=$3 pattern=$4 log=$5 start
     shift 5
@@ -240,12 +251,7 @@ s3_start() {
     local start
     start=$(now_ms)
     mkdir -p "$DIR"
-    if pid_alive "$S3_PIDFILE" moto_server; then
-        echo "s3: already running ($S3_URL)"
-    else
-        spawn "$S3_PIDFILE" "$S3_LOG" "$VENV_BIN/moto_server" -H "$HOST" -p "$S3_PORT"
-    fi
-    wait_for s3 60 "$S3_PIDFILE" moto_server "$S3_LOG" s3_ready
+    run_service s3 "$S3_PIDFILE" moto_server "$S3_LOG" 60 s3_ready "$VENV_BIN/moto_server" -H "$HOST" -p "$S3_PORT"
     # moto keeps objects in memory: a restarted endpoint starts empty, so the bucket is made again.
     s3_bucket
     echo "s3: up in $(elapsed "$start") s ($S3_URL, bucket $BUCKET)"
@@ -261,17 +267,12 @@ mlflow_start() {
     local start
     start=$(now_ms)
     mkdir -p "$DIR"
-    if pid_alive "$MLFLOW_PIDFILE" mlflow; then
-        echo "mlflow: already running ($MLFLOW_URL)"
-    else
-        # PATH: the server starts uvicorn by name. No job execution: it is for GenAI scorer jobs,
-        # which the pipeline never submits, and it starts about ten more Python processes.
-        PATH="$VENV_BIN:$PATH" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false spawn "$MLFLOW_PIDFILE" "$MLFLOW_LOG" "$VENV_BIN/mlflow" server \
-            --host "$HOST" --port "$MLFLOW_PORT" --workers 1 \
-            --backend-store-uri "$PG_URL/mlflow" \
-            --artifacts-destination "s3://$BUCKET/mlflow"
-    fi
-    wait_for mlflow "$MLFLOW_TIMEOUT" "$MLFLOW_PIDFILE" mlflow "$MLFLOW_LOG" mlflow_ready
+    # PATH: the server starts uvicorn by name. No job execution: it is for GenAI scorer jobs,
+    # which the pipeline never submits, and it starts about ten more Python processes.
+    PATH="$VENV_BIN:$PATH" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+        run_service mlflow "$MLFLOW_PIDFILE" mlflow "$MLFLOW_LOG" "$MLFLOW_TIMEOUT" mlflow_ready \
+        "$VENV_BIN/mlflow" server --host "$HOST" --port "$MLFLOW_PORT" --workers 1 \
+        --backend-store-uri "$PG_URL/mlflow" --artifacts-destination "s3://$BUCKET/mlflow"
     echo "mlflow: up in $(elapsed "$start") s ($MLFLOW_URL, runs in $PG_URL/mlflow, artifacts in s3://$BUCKET/mlflow)"
 }
 
@@ -296,23 +297,15 @@ ray_start() {
     mkdir -p "$RAY_TEMP"
     # --block keeps each node's `ray start` in the foreground, the leader of its own process
     # group: stopping that group stops this node's raylet and workers and no other Ray on the machine.
-    if pid_alive "$RAY_HEAD_PIDFILE" "ray start"; then
-        echo "ray: head already running ($RAY_ADDRESS_VALUE)"
-    else
-        PATH="$VENV_BIN:$PATH" spawn "$RAY_HEAD_PIDFILE" "$RAY_HEAD_LOG" "$VENV_BIN/ray" start --head --block \
-            --node-ip-address "$HOST" --port "$RAY_PORT" --num-cpus "$RAY_NODE_CPUS" --resources '{"head_node": 1}' \
-            --include-dashboard true --dashboard-host "$HOST" --dashboard-port "$RAY_DASHBOARD_PORT" \
-            --object-store-memory 400000000 --temp-dir "$RAY_TEMP" --disable-usage-stats
-    fi
-    wait_for ray-head 120 "$RAY_HEAD_PIDFILE" "ray start" "$RAY_HEAD_LOG" ray_head_ready
-    if pid_alive "$RAY_NODE_PIDFILE" "ray start"; then
-        echo "ray: second node already running"
-    else
-        PATH="$VENV_BIN:$PATH" spawn "$RAY_NODE_PIDFILE" "$RAY_NODE_LOG" "$VENV_BIN/ray" start --block \
-            --address "$RAY_ADDRESS_VALUE" --node-ip-address "$HOST" --num-cpus "$RAY_NODE_CPUS" \
-            --resources '{"second_node": 1}' --object-store-memory 400000000 --disable-usage-stats
-    fi
-    wait_for ray-node 120 "$RAY_NODE_PIDFILE" "ray start" "$RAY_NODE_LOG" ray_both_ready
+    PATH="$VENV_BIN:$PATH" run_service ray-head "$RAY_HEAD_PIDFILE" "ray start" "$RAY_HEAD_LOG" 120 ray_head_ready \
+        "$VENV_BIN/ray" start --head --block \
+        --node-ip-address "$HOST" --port "$RAY_PORT" --num-cpus "$RAY_NODE_CPUS" --resources '{"head_node": 1}' \
+        --include-dashboard true --dashboard-host "$HOST" --dashboard-port "$RAY_DASHBOARD_PORT" \
+        --object-store-memory 400000000 --temp-dir "$RAY_TEMP" --disable-usage-stats
+    PATH="$VENV_BIN:$PATH" run_service ray-node "$RAY_NODE_PIDFILE" "ray start" "$RAY_NODE_LOG" 120 ray_both_ready \
+        "$VENV_BIN/ray" start --block \
+        --address "$RAY_ADDRESS_VALUE" --node-ip-address "$HOST" --num-cpus "$RAY_NODE_CPUS" \
+        --resources '{"second_node": 1}' --object-store-memory 400000000 --disable-usage-stats
     echo "ray: up in $(elapsed "$start") s (2 nodes, $RAY_NODE_CPUS CPUs each; RAY_ADDRESS=$RAY_ADDRESS_VALUE, jobs at $RAY_JOBS_URL)"
 }
 

@@ -1,6 +1,8 @@
 """Dagster definitions, partitions, schedule and sensor (fast: no download, LLM or training)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from dagster import (
@@ -19,6 +21,15 @@ from flame.errors import FlameError
 from tests.fixtures.orchestration import write_slice
 
 PIPELINE = ["manifest", "image_shards", "caption_embeddings", "flame_model", "evaluation", "registered_model"]
+
+
+def test_loading_the_definitions_imports_none_of_the_heavy_libraries():
+    # Every step's process, the webserver and the daemon load them; the steps import what they run.
+    code = ("import sys, orchestration.definitions as d; d.defs(); "
+            "print(sorted(m for m in ('torch', 'mlflow', 'img2dataset', 'timm', 'transformers', 'ray') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
 
 
 def test_one_definitions_object_with_the_whole_graph():
