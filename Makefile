@@ -40,7 +40,7 @@ test-fast: $(STAMP)  ## skip tests marked slow
 demo: $(STAMP)  ## run the whole pipeline on the bundled sample set; last line is a JSON summary
 	$(VENV)/bin/flame demo
 
-services: $(STAMP)  ## start PostgreSQL, an S3 endpoint and an MLflow server on 127.0.0.1 (tests marked services use them)
+services: $(STAMP)  ## start PostgreSQL, an S3 endpoint, an MLflow server and a two-node Ray cluster on 127.0.0.1 (tests marked services use them)
 	scripts/services.sh up
 
 services-down:  ## stop the servers `make services` started
